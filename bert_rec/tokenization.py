@@ -1,0 +1,73 @@
+"""Cleaned text -> token ids with bert4keras's Tokenizer and the checkpoint's vocab.txt.
+
+Also builds a character vocabulary from a corpus (for checkpoints bert_rec creates itself) and
+pads batches to their own longest sequence (dynamic padding).
+"""
+
+import collections
+import unicodedata
+
+import numpy as np
+
+from .backend import Tokenizer
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def read_vocab(path):
+    """vocab.txt (one token per line, id = line number) -> {token: id}."""
+    vocab = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            token = line.rstrip("\r\n")
+            vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def write_vocab(tokens, path):
+    """Write tokens one per line (the caller makes ``path`` a temporary name)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for token in tokens:
+            f.write(token + "\n")
+
+
+def load_tokenizer(vocab_path):
+    """bert4keras Tokenizer over vocab.txt, lower-casing like bert-base-chinese."""
+    return Tokenizer(read_vocab(vocab_path), do_lower_case=True)
+
+
+def build_char_vocab(texts, min_count=1, max_size=None):
+    """A BERT-Chinese-style vocabulary from a corpus: special tokens, then characters by frequency.
+
+    Every ASCII letter and digit is included with its ``##`` continuation, so English words
+    and numbers become word pieces rather than [UNK].
+    """
+    counts = collections.Counter()
+    for text in texts:
+        for ch in text.lower():
+            if not ch.isspace() and unicodedata.category(ch)[0] != "C":
+                counts[ch] += 1
+    ascii_pieces = [c for c in "0123456789abcdefghijklmnopqrstuvwxyz"]
+    tokens = list(SPECIAL_TOKENS) + ascii_pieces + ["##" + c for c in ascii_pieces]
+    seen = set(tokens)
+    for ch, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if n < min_count or (max_size and len(tokens) >= max_size):
+            break
+        if ch not in seen:
+            tokens.append(ch)
+            seen.add(ch)
+    return tokens
+
+
+def encode_texts(tokenizer, texts, max_len):
+    """Texts -> list of token-id lists, each ``[CLS] ... [SEP]`` and at most ``max_len`` long."""
+    return [tokenizer.encode(text, maxlen=max_len)[0] for text in texts]
+
+
+def pad_batch(sequences):
+    """Token-id lists -> (token_ids [B, L], segment_ids [B, L]) int32, L = longest in batch."""
+    length = max((len(s) for s in sequences), default=1)
+    token_ids = np.zeros((len(sequences), length), dtype=np.int32)  # [B, L]
+    for row, seq in enumerate(sequences):
+        token_ids[row, :len(seq)] = seq
+    return token_ids, np.zeros_like(token_ids)

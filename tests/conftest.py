@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny Google-format checkpoints written to a temporary directory."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("BERT_REC_PROGRESS", "0")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "data", "sample")
+
+TINY_TEXTS = [
+    "今天 的 美食 视频 太 好看 了", "红烧肉 家常菜 做法", "篮球 比赛 精彩 瞬间",
+    "小猫 小狗 萌宠 日常", "旅行 风景 摄影 山 水", "手机 数码 评测 iphone 15 pro",
+    "搞笑 段子 喜剧", "美妆 口红 试色", "健身 运动 跑步", "汽车 驾驶 技巧",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab():
+    from bert_rec.tokenization import build_char_vocab
+    return build_char_vocab(TINY_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_vocab):
+    """A random 2-layer, hidden-32 BERT with MLM/NSP heads, as a checkpoint directory."""
+    from bert_rec.checkpoint import create_random_checkpoint
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return create_random_checkpoint(str(out), tiny_vocab, seed=7, hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=2,
+                                    max_position_embeddings=64)
