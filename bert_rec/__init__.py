@@ -1,0 +1,31 @@
+"""bert_rec: understand users' behaviour with a Chinese BERT and turn it into recommendations.
+
+Importing the package is cheap: TensorFlow loads only when a TF-backed name is first used
+(``bert_rec.Recommender``), through ``bert_rec.backend``.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Recommender": "recommend",
+    "TextEncoder": "models",
+    "ModelConfig": "config",
+    "ScoringConfig": "config",
+    "TextConfig": "text",
+    "TextPipeline": "text",
+    "read_items": "data",
+    "read_behaviors": "data",
+    "find_checkpoint": "checkpoint",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'bert_rec' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,147 @@
+"""Interest pooling, scoring, top-K, explanations and model directories, on a tiny checkpoint."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bert_rec.config import ModelConfig, ScoringConfig
+from bert_rec.data import Behavior, Item
+from bert_rec.recommend import Recommender, behavior_weights, fit_whitening
+
+DAY = 86400.0
+ITEMS = [
+    Item("a1", "红烧肉 家常菜 做法", category="美食"),
+    Item("a2", "红烧肉 家常菜 美食 做法"),
+    Item("b1", "篮球 比赛 精彩 瞬间", category="体育"),
+    Item("b2", "篮球 比赛 精彩 集锦"),
+    Item("c1", "小猫 小狗 萌宠 日常"),
+    Item("d1", "手机 数码 评测 iphone"),
+]
+
+
+def _b(item, behavior, day, rating=None, text="", user="u1"):
+    return Behavior(user, item, behavior, day * DAY, rating, text)
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_ckpt):
+    return Recommender.load(tiny_ckpt).index_items(ITEMS)
+
+
+def _top(rec, history, **scoring):
+    rec.config.scoring = ScoringConfig(**scoring)
+    result = rec.recommend({"u1": history}, k=len(ITEMS), explain=10)[0]
+    return [r.item_id for r in result.items], result
+
+
+def test_weights_follow_config():
+    scoring = ScoringConfig(behavior_weights={"view": 1.0, "click": 4.0}, half_life_days=1.0)
+    history = [_b("a1", "view", 0), _b("b1", "click", 1), _b("c1", "rate", 1, rating=2.5)]
+    np.testing.assert_allclose(behavior_weights(history, scoring), [0.5, 4.0, 1.0 * 0.5])
+
+
+def test_behavior_weights_change_the_ranking(recommender):
+    history = [_b("a1", "view", 0), _b("b1", "click", 0)]
+    food_first, _ = _top(recommender, history, behavior_weights={"view": 10.0, "click": 1.0})
+    sport_first, _ = _top(recommender, history, behavior_weights={"view": 1.0, "click": 10.0})
+    assert food_first.index("a2") < food_first.index("b2")
+    assert sport_first.index("b2") < sport_first.index("a2")
+
+
+def test_recency_changes_the_ranking(recommender):
+    history = [_b("a1", "view", 0), _b("b1", "view", 30)]
+    recent_wins, _ = _top(recommender, history, half_life_days=3.0)
+    assert recent_wins.index("b2") < recent_wins.index("a2")
+    history = [_b("b1", "view", 0), _b("a1", "view", 30)]
+    recent_wins, _ = _top(recommender, history, half_life_days=3.0)
+    assert recent_wins.index("a2") < recent_wins.index("b2")
+
+
+def test_seen_items_are_excluded_unless_asked(recommender):
+    history = [_b("a1", "view", 0), _b("b1", "click", 1), _b("a1", "view", 2)]
+    ranked, _ = _top(recommender, history)
+    assert set(ranked) == {"a2", "b2", "c1", "d1"}
+    ranked, _ = _top(recommender, history, exclude_seen=False)
+    assert set(ranked) == {item.item_id for item in ITEMS}
+
+
+def test_explanations_sum_to_one_and_match_numpy(recommender):
+    history = [_b("a1", "view", 0), _b("b1", "comment", 1, text="篮球 太 精彩 了"),
+               _b("c1", "rate", 2, rating=4)]
+    _, result = _top(recommender, history)
+    seen = {(b.item_id, b.behavior) for b in history}
+    rec = recommender
+    weights = behavior_weights(history, rec.config.scoring)
+    text_vec = rec._encode_behavior_texts([history])[rec.encoder.pipeline.clean("篮球 太 精彩 了")]
+    rows = [rec.item_vectors[rec.item_index[b.item_id]] for b in history] + [text_vec]
+    unit_w = np.append(weights, weights[1] * rec.config.scoring.text_weight)
+    units = np.array(rows) / np.linalg.norm(rows, axis=1, keepdims=True)
+    interest = (units * unit_w[:, None]).sum(0) / unit_w.sum()
+    for r in result.items:
+        assert sum(w.share for w in r.because) == pytest.approx(1.0, abs=1e-5)
+        assert {(w.item_id, w.behavior) for w in r.because} <= seen
+        x = rec.item_vectors[rec.item_index[r.item_id]]
+        cos = interest @ x / np.linalg.norm(interest) / np.linalg.norm(x)
+        assert r.score == pytest.approx(cos, abs=1e-5)
+        # the comment's share = its item vector's and its text's contributions together
+        contrib = unit_w * (units @ (x / np.linalg.norm(x))) / unit_w.sum() / np.linalg.norm(
+            interest)
+        comment = [w for w in r.because if w.behavior == "comment"][0]
+        assert comment.share == pytest.approx((contrib[1] + contrib[3]) / cos, abs=1e-4)
+        assert comment.text == "篮球 太 精彩 了"
+
+
+def test_each_distinct_text_is_encoded_once(recommender, monkeypatch):
+    calls = []
+    original = recommender.encoder._encode_batch
+
+    def counting(token_ids, segment_ids):
+        calls.append(int(token_ids.shape[0]))
+        return original(token_ids, segment_ids)
+
+    monkeypatch.setattr(recommender.encoder, "_encode_batch", counting)
+    histories = {f"u{i}": [_b("a1", "comment", 0, text="好吃", user=f"u{i}"),
+                           _b("b1", "comment", 1, text="精彩", user=f"u{i}")] for i in range(5)}
+    recommender.recommend(histories, k=2)
+    assert sum(calls) == 2  # two distinct texts for five users
+    calls.clear()
+    recommender.index_items(ITEMS + [dataclasses.replace(ITEMS[0], item_id="a1-copy")])
+    assert sum(calls) == len(ITEMS)  # a duplicate item text is encoded once
+    recommender.index_items(ITEMS)
+
+
+def test_whitening_centres_and_decorrelates():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8)) + 5.0
+    mean, kernel = fit_whitening(x, "whiten")
+    y = (x - mean) @ kernel
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(y.T), np.eye(8), atol=1e-2)
+    mean, kernel = fit_whitening(x[:10], "whiten")  # too few vectors: centring only
+    np.testing.assert_array_equal(kernel, np.eye(8))
+
+
+def test_model_directory_round_trip(recommender, tmp_path):
+    history = {"u1": [_b("a1", "view", 0), _b("b1", "comment", 1, text="精彩")]}
+    recommender.config.scoring = ScoringConfig(half_life_days=7.0)
+    recommender.config.pooling = "mean"
+    before = recommender.recommend(history, k=3)
+    out = recommender.save(str(tmp_path / "model"))
+    loaded = Recommender.load(out).index_items(ITEMS)
+    # the text config now points at the stopwords copied into the model directory
+    assert dataclasses.replace(loaded.config, text=recommender.config.text) == recommender.config
+    assert loaded.config.text.stopwords_path.startswith(out)
+    after = loaded.recommend(history, k=3)
+    assert [r.item_id for r in after[0].items] == [r.item_id for r in before[0].items]
+    np.testing.assert_allclose([r.score for r in after[0].items],
+                               [r.score for r in before[0].items], atol=1e-6)
+
+
+def test_model_config_rejects_other_versions_and_unknown_keys(tmp_path):
+    data = ModelConfig().to_dict()
+    with pytest.raises(ValueError, match="format_version 99"):
+        ModelConfig.from_dict({**data, "format_version": 99})
+    with pytest.raises(ValueError, match="unknown key"):
+        ModelConfig.from_dict({**data, "colour": "red"})
+    assert ModelConfig.from_dict(data) == ModelConfig()
