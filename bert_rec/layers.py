@@ -53,6 +53,11 @@ class WeightedPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         self.normalize_inputs = normalize_inputs
 
+    def attention(self, vectors, weights):
+        """[B, N] pooling weights: w / sum(w) (0 for padding)."""
+        weights = tf.cast(weights, vectors.dtype)
+        return tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
+
     def call(self, inputs):
         vectors, weights = inputs
         if self.normalize_inputs:
@@ -68,6 +73,95 @@ class WeightedPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "normalize_inputs": self.normalize_inputs}
+
+
+@keras.utils.register_keras_serializable(package="bert_rec")
+class AttentionPooling(keras.layers.Layer):
+    """Learnable attention over behaviours: [B, N, D] vectors + [B, N] prior weights -> [B, D].
+
+    alpha_j = softmax_j(q . tanh(W v_j + b) + log w_j) over the behaviours with w_j > 0, then
+    the interest is sum_j alpha_j v_j (unit v_j). The prior weights (type x rating x recency)
+    enter as log-priors; with q = 0, as initialised, this is exactly WeightedPooling.
+    """
+
+    def __init__(self, units=64, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        dim = input_shape[0][-1]
+        self.kernel = self.add_weight("kernel", (dim, self.units), initializer="glorot_uniform")
+        self.bias = self.add_weight("bias", (self.units,), initializer="zeros")
+        self.query = self.add_weight("query", (self.units,), initializer="zeros")
+        super().build(input_shape)
+
+    def attention(self, vectors, weights):
+        """[B, N] attention weights (rows sum to 1 where any weight > 0, padding gets 0)."""
+        vectors = tf.math.l2_normalize(vectors, axis=-1)  # [B, N, D]
+        weights = tf.cast(weights, vectors.dtype)  # [B, N]
+        hidden = tf.tanh(tf.einsum("bnd,du->bnu", vectors, self.kernel) + self.bias)  # [B, N, U]
+        logits = tf.einsum("bnu,u->bn", hidden, self.query)  # [B, N]
+        valid = weights > 0
+        logits = tf.where(valid, logits + tf.math.log(tf.where(valid, weights, 1.0)), -1e9)
+        alpha = tf.nn.softmax(logits, axis=-1) * tf.cast(valid, vectors.dtype)  # [B, N]
+        return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha, axis=-1, keepdims=True))
+
+    def call(self, inputs):
+        vectors, weights = inputs
+        alpha = self.attention(vectors, weights)  # [B, N]
+        return tf.einsum("bn,bnd->bd", alpha, tf.math.l2_normalize(vectors, axis=-1))  # [B, D]
+
+    def compute_output_shape(self, input_shape):
+        vectors_shape = input_shape[0]
+        return (vectors_shape[0], vectors_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.utils.register_keras_serializable(package="bert_rec")
+class ItemTower(keras.layers.Layer):
+    """Encoder vectors [U, H] + id rows [U] -> scoring vectors [U, D].
+
+    An affine map of the text vector (initialised to BERT-whitening, so training starts from
+    the zero-shot model) plus a learned item-id embedding: co-clicks shape a warm item's vector,
+    while an item without an id (row ``num_ids``: new items, behaviour texts) keeps its text
+    vector alone.
+    """
+
+    def __init__(self, output_dim, num_ids=0, **kwargs):
+        super().__init__(**kwargs)
+        self.output_dim = output_dim
+        self.num_ids = num_ids
+
+    def build(self, input_shape):
+        dim = input_shape[0][-1]
+        self.kernel = self.add_weight("kernel", (dim, self.output_dim), initializer="identity"
+                                      if dim == self.output_dim else "glorot_uniform")
+        self.bias = self.add_weight("bias", (self.output_dim,), initializer="zeros")
+        self.id_embeddings = self.add_weight("id_embeddings", (self.num_ids, self.output_dim),
+                                             initializer="zeros")
+        super().build(input_shape)
+
+    def set_affine(self, mean, kernel):
+        """Make the text part ``(x - mean) @ kernel`` (BERT-whitening)."""
+        self.kernel.assign(kernel)
+        self.bias.assign(-mean @ kernel)
+
+    def call(self, inputs):
+        raw, id_rows = inputs
+        text = tf.matmul(raw, self.kernel) + self.bias  # [U, D]
+        if not self.num_ids:
+            return text
+        known = id_rows < self.num_ids  # [U]
+        ids = tf.gather(self.id_embeddings, tf.where(known, id_rows, 0))  # [U, D]
+        return text + ids * tf.cast(known, text.dtype)[..., None]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        return {**super().get_config(), "output_dim": self.output_dim, "num_ids": self.num_ids}
 
 
 @keras.utils.register_keras_serializable(package="bert_rec")
@@ -104,5 +198,7 @@ class CosineSimilarity(keras.layers.Layer):
 custom_objects = {
     "TokenPooling": TokenPooling,
     "WeightedPooling": WeightedPooling,
+    "AttentionPooling": AttentionPooling,
+    "ItemTower": ItemTower,
     "CosineSimilarity": CosineSimilarity,
 }

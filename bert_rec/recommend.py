@@ -2,14 +2,15 @@
 
 For one user with behaviours b_1..b_n (latest ``max_history``), each behaviour contributes its
 item's vector and, when it carries text (a comment, review, query), its text's vector too. With
-unit vectors v_j and weights w_j (ScoringConfig), the interest vector is
+unit vectors v_j and pooling weights alpha_j (zero-shot: w_j / sum w from ScoringConfig,
+``WeightedPooling``; trained: learned attention with log w_j as prior, ``AttentionPooling``),
 
-    u = sum_j w_j v_j / sum_j w_j                       (WeightedPooling)
+    u = sum_j alpha_j v_j
 
 and an item x scores s(x) = cos(u, x) (CosineSimilarity). Because u is linear in the v_j,
 the score splits exactly into per-behaviour contributions
 
-    c_j(x) = w_j (v_j . x/|x|) / (sum_j w_j |u|),       sum_j c_j(x) = s(x)
+    c_j(x) = alpha_j (v_j . x/|x|) / |u|,               sum_j c_j(x) = s(x)
 
 and ``share_j = c_j / s(x)``: the part of the score that behaviour drove. The shares of all a
 user's behaviours sum to 1; explanations list the largest.
@@ -23,13 +24,15 @@ import numpy as np
 
 from .backend import tf
 from .checkpoint import CONFIG_NAME as BERT_CONFIG_NAME
-from .checkpoint import CheckpointError, find_checkpoint
+from .checkpoint import CheckpointError, find_checkpoint, save_checkpoint
 from .config import CONFIG_NAME, ModelConfig
-from .layers import CosineSimilarity, WeightedPooling
+from .layers import AttentionPooling, CosineSimilarity, ItemTower, WeightedPooling
 from .models import TextEncoder
 from .progress import progress_bar
 
 SECONDS_PER_DAY = 86400.0
+HEAD_NAME = "head.npz"
+ITEM_IDS_NAME = "item_ids.txt"
 
 
 @dataclasses.dataclass
@@ -94,27 +97,75 @@ def behavior_weights(behaviors, scoring):
     return weights
 
 
-class Recommender:
-    """Encodes a catalogue once, then scores users' interest vectors against it."""
+def user_units(behaviors, scoring, item_rows, text_rows):
+    """One user's pooled units, as rows of a unit table (items first, then behaviour texts).
 
-    def __init__(self, encoder, config=None, model_dir=None):
+    Returns (recent behaviours, rows [n], weights [n], owners [n]): each of the latest
+    ``max_history`` behaviours gives its item's row and, when its text is in ``text_rows``
+    (texts that clean to nothing are not), its text's row with ``text_weight`` times the weight;
+    ``owners`` maps each unit back to its behaviour. Training and recommending both use this.
+    """
+    recent = behaviors[-scoring.max_history:]
+    weights = behavior_weights(recent, scoring)
+    rows, unit_weights, owners = [], [], []
+    for j, (b, w) in enumerate(zip(recent, weights)):
+        rows.append(item_rows[b.item_id])
+        unit_weights.append(w)
+        owners.append(j)
+        text_row = text_rows.get(b.text) if b.text else None
+        if text_row is not None:
+            rows.append(text_row)
+            unit_weights.append(w * scoring.text_weight)
+            owners.append(j)
+    return (recent, np.array(rows, np.int32), np.array(unit_weights, np.float32),
+            np.array(owners, np.int32))
+
+
+def pad_units(units):
+    """Users' (rows, weights) -> rows [B, N] int32 and weights [B, N] (padding: row 0, weight 0)."""
+    n = max((len(rows) for rows, _ in units), default=1) or 1
+    rows = np.zeros((len(units), n), dtype=np.int32)  # [B, N]
+    weights = np.zeros((len(units), n), dtype=np.float32)  # [B, N]
+    for b, (r, w) in enumerate(units):
+        rows[b, :len(r)] = r
+        weights[b, :len(w)] = w
+    return rows, weights
+
+
+class Recommender:
+    """Encodes a catalogue once, then scores users' interest vectors against it.
+
+    Parts: the text encoder (BERT + pooling), an ``ItemTower`` mapping encoder vectors to the
+    scoring space (zero-shot: BERT-whitening fitted on the catalogue; trained: learned affine map
+    + item-id embeddings), a pooling layer (``WeightedPooling``, or a trained
+    ``AttentionPooling``) and ``CosineSimilarity``.
+    """
+
+    def __init__(self, encoder, config=None, model_dir=None, tower=None, pooling=None,
+                 id_vocab=None):
         self.encoder = encoder
         self.config = config or ModelConfig(pooling=encoder.pooling)
         self.model_dir = model_dir
-        self.pool = WeightedPooling(name="interest_pooling")
+        self.tower = tower  # None: fit BERT-whitening on the catalogue at index_items
+        self.pooling = pooling or WeightedPooling(name="interest_pooling")
+        self.id_vocab = dict(id_vocab or {})  # item_id -> id-embedding row (trained models)
         self.cosine = CosineSimilarity(name="cosine_score")
         self.items = []
         self.item_index = {}
         self.item_vectors = np.zeros((0, encoder.dim), dtype=np.float32)
-        self.whitening = None  # (mean [H], kernel [H, D]) fitted on the catalogue
+
+    @property
+    def trained(self):
+        return isinstance(self.pooling, AttentionPooling)
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path, pooling=None):
+    def load(cls, path, pooling=None, zero_shot=False):
         """From a bert_rec model directory (bert_rec.json inside) or a Google checkpoint dir.
 
         A checkpoint directory gives the zero-shot model: the pretrained encoder with default
-        settings (``pooling`` overrides the pooling).
+        settings (``pooling`` overrides the pooling). ``zero_shot=True`` ignores a model
+        directory's trained item tower and attention, keeping its encoder and settings.
         """
         config_path = os.path.join(path, CONFIG_NAME)
         if os.path.isfile(config_path):
@@ -131,7 +182,12 @@ class Recommender:
             config.pooling = pooling
         encoder = TextEncoder(find_checkpoint(path), pooling=config.pooling,
                               text_config=config.text, batch_size=config.batch_size)
-        return cls(encoder, config, model_dir=path)
+        head_path = os.path.join(path, HEAD_NAME)
+        if zero_shot or not os.path.isfile(head_path):
+            return cls(encoder, config, model_dir=path)
+        tower, attention, id_vocab = load_head(path, config)
+        return cls(encoder, config, model_dir=path, tower=tower, pooling=attention,
+                   id_vocab=id_vocab)
 
     # -- items --------------------------------------------------------------------------------
     def index_items(self, items):
@@ -140,67 +196,65 @@ class Recommender:
         self.item_index = {item.item_id: i for i, item in enumerate(self.items)}
         raw = self.encoder.encode([item.full_text() for item in self.items],
                                   max_len=self.config.item_max_len, desc="encoding items")  # [M, H]
-        self.whitening = fit_whitening(raw, self.config.whitening, self.config.whitening_dim)
-        self.item_vectors = self.transform(raw)  # [M, D]
+        if self.tower is None:
+            mean, kernel = fit_whitening(raw, self.config.whitening, self.config.whitening_dim)
+            self.tower = ItemTower(kernel.shape[1], num_ids=0, name="item_tower")
+            self.tower([raw[:1], np.zeros(1, np.int32)])  # build
+            self.tower.set_affine(mean, kernel)
+        id_rows = [self.id_vocab.get(item.item_id, self.tower.num_ids) for item in self.items]
+        self.item_vectors = self.project(raw, id_rows)  # [M, D]
         return self
 
-    def transform(self, vectors):
-        """Raw encoder vectors [N, H] -> the scoring space [N, D] (centred / whitened)."""
-        mean, kernel = self.whitening
-        return ((vectors - mean) @ kernel).astype(np.float32)
+    def project(self, raw, id_rows=None):
+        """Encoder vectors [N, H] -> scoring vectors [N, D] (id rows: None = no item id)."""
+        if id_rows is None:
+            id_rows = np.full(len(raw), self.tower.num_ids, np.int32)
+        return self.tower([tf.constant(raw, tf.float32),
+                           tf.constant(np.asarray(id_rows, np.int32))]).numpy()
 
     # -- users --------------------------------------------------------------------------------
-    def _user_units(self, behaviors, text_vectors):
-        """One user's pooled units: rows of vectors [n, H], weights [n], owning behaviour index.
-
-        ``text_vectors`` maps cleaned behaviour text -> vector; texts that clean to nothing
-        contribute no unit.
-        """
-        recent = behaviors[-self.config.scoring.max_history:]
-        weights = behavior_weights(recent, self.config.scoring)
-        vectors, unit_weights, owners = [], [], []
-        for j, (b, w) in enumerate(zip(recent, weights)):
-            vectors.append(self.item_vectors[self.item_index[b.item_id]])
-            unit_weights.append(w)
-            owners.append(j)
-            cleaned = self._cleaned_text.get(b.text, "")
-            if cleaned:
-                vectors.append(text_vectors[cleaned])
-                unit_weights.append(w * self.config.scoring.text_weight)
-                owners.append(j)
-        return recent, np.array(vectors, np.float32), np.array(unit_weights, np.float32), owners
-
     def _encode_behavior_texts(self, histories):
-        """Encode each distinct cleaned behaviour text of these users once."""
+        """Encode each distinct cleaned behaviour text of these users once.
+
+        Returns (raw text -> unit row, text vectors [T, D]); rows start after the M items.
+        """
         raw = sorted({b.text for behaviors in histories for b in behaviors if b.text})
         cleaned = self.encoder.pipeline.clean_many(raw)
-        self._cleaned_text = dict(zip(raw, cleaned))
         distinct = sorted({c for c in cleaned if c})
+        slot = {c: len(self.items) + i for i, c in enumerate(distinct)}
         vectors = self.encoder.encode(distinct, max_len=self.config.text_max_len,
                                       desc="encoding behaviour texts", clean=False)
-        return dict(zip(distinct, self.transform(vectors)))
+        text_rows = {r: slot[c] for r, c in zip(raw, cleaned) if c}
+        return text_rows, self.project(vectors)
 
     def recommend(self, histories, k=10, explain=3, batch_users=256):
         """``histories``: {user_id: time-sorted behaviours} -> list of UserRecommendations."""
         if not len(self.items):
             raise ValueError("no items indexed: call index_items(items) first")
         user_ids = list(histories)
-        text_vectors = self._encode_behavior_texts(histories.values())
-        item_tensor = tf.constant(self.item_vectors)  # [M, H]
+        text_rows, text_vectors = self._encode_behavior_texts(histories.values())
+        table = np.concatenate([self.item_vectors, text_vectors])  # [M + T, D] unit table
+        item_tensor = tf.constant(self.item_vectors)  # [M, D]
         # Keep the [B, M] score block near 256 MB whatever the catalogue size.
         batch_users = max(1, min(batch_users, (64 * 2**20) // max(len(self.items), 1)))
         results = []
         with progress_bar(total=len(user_ids), desc="scoring users", unit="user") as bar:
             for start in range(0, len(user_ids), batch_users):
                 batch = user_ids[start:start + batch_users]
-                units = [self._user_units(histories[u], text_vectors) for u in batch]
-                vectors, weights = _pad_units(units, self.item_vectors.shape[1])  # [B,N,D],[B,N]
-                interest = self.pool([tf.constant(vectors), tf.constant(weights)])  # [B, H]
+                units = [user_units(histories[u], self.config.scoring, self.item_index, text_rows)
+                         for u in batch]
+                rows, weights = pad_units([(u[1], u[2]) for u in units])  # [B, N], [B, N]
+                vectors = tf.constant(table[rows])  # [B, N, D]
+                alpha = self.pooling.attention(vectors, tf.constant(weights)).numpy()  # [B, N]
+                interest = self.pooling([vectors, tf.constant(weights)])  # [B, D]
                 scores = self.cosine([interest, item_tensor]).numpy()  # [B, M]
                 interest = interest.numpy()
-                for row, user_id in enumerate(batch):
-                    results.append(self._top_k(user_id, histories[user_id], units[row],
-                                               interest[row], scores[row], k, explain))
+                for b, user_id in enumerate(batch):
+                    recent, unit_rows, _, owners = units[b]
+                    n = len(unit_rows)
+                    explained = (recent, table[unit_rows], alpha[b, :n], owners)
+                    results.append(self._top_k(user_id, histories[user_id], explained,
+                                               interest[b], scores[b], k, explain))
                 bar.update(len(batch))
         return results
 
@@ -213,22 +267,25 @@ class Recommender:
         k = min(k, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=int)
         top = top[np.lexsort((top, -scores[top]))]  # by score, ties by catalogue order
-        recent, vectors, weights, owners = units
+        recent, vectors, alpha, owners = units
         recs = []
         for i in top:
             item = self.items[i]
-            shares = self._shares(interest, vectors, weights, owners, len(recent), i)
+            shares = self._shares(interest, vectors, alpha, owners, len(recent), i)
             because = _merge_because(recent, shares, self.encoder.pipeline)[:explain]
             recs.append(Recommendation(item.item_id, float(scores[i]), item.title, because))
         return UserRecommendations(user_id, recs)
 
-    def _shares(self, interest, vectors, weights, owners, n_behaviors, item_row):
-        """Each behaviour's share of cos(u, x): contributions c_j / s(x), summing to 1."""
+    def _shares(self, interest, vectors, alpha, owners, n_behaviors, item_row):
+        """Each behaviour's share of cos(u, x): contributions c_j / s(x), summing to 1.
+
+        u = sum_j alpha_j v_j (unit v_j), so cos(u, x) = sum_j alpha_j (v_j . x) / (|u||x|).
+        """
         x = self.item_vectors[item_row]
-        x = x / max(np.linalg.norm(x), 1e-12)  # [H]
-        v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # [n, H]
+        x = x / max(np.linalg.norm(x), 1e-12)  # [D]
+        v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # [n, D]
         u_norm = max(float(np.linalg.norm(interest)), 1e-12)
-        contrib = weights * (v @ x) / (weights.sum() * u_norm)  # [n units]
+        contrib = alpha * (v @ x) / u_norm  # [n units]
         per_behavior = np.zeros(n_behaviors)
         np.add.at(per_behavior, owners, contrib)
         total = per_behavior.sum()
@@ -236,8 +293,11 @@ class Recommender:
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, out_dir):
-        """Write a model directory: bert_rec.json, the encoder checkpoint, vocab and stopwords."""
-        from .checkpoint import save_checkpoint  # noqa: PLC0415  (keeps import graph flat)
+        """Write a model directory: bert_rec.json, encoder checkpoint, vocab, stopwords, head.
+
+        The head (item tower, attention, item-id vocabulary) is written when there is one: a
+        zero-shot model indexed on a catalogue keeps its fitted whitening.
+        """
         files = self.encoder.files
         with open(files.vocab_path, encoding="utf-8") as f:
             vocab = [line.rstrip("\r\n") for line in f]
@@ -247,10 +307,56 @@ class Recommender:
             f.writelines(word + "\n" for word in sorted(self.encoder.pipeline.stopwords))
         if text.user_dict_path:
             shutil.copyfile(text.user_dict_path, os.path.join(out_dir, "userdict.txt"))
+        if self.tower is not None:
+            save_head(out_dir, self.tower, self.pooling if self.trained else None, self.id_vocab)
         config = dataclasses.replace(self.config, text=dataclasses.replace(
             text, stopwords_path=None, extra_stopwords_path=None, user_dict_path=None))
         config.save(os.path.join(out_dir, CONFIG_NAME))
         return out_dir
+
+
+def save_head(out_dir, tower, attention, id_vocab):
+    """Write head.npz (tower and attention weights) and item_ids.txt, each atomically."""
+    arrays = {"tower_kernel": tower.kernel.numpy(), "tower_bias": tower.bias.numpy(),
+              "tower_id_embeddings": tower.id_embeddings.numpy()}
+    if attention is not None:
+        arrays.update(attention_kernel=attention.kernel.numpy(),
+                      attention_bias=attention.bias.numpy(),
+                      attention_query=attention.query.numpy())
+    tmp = os.path.join(out_dir, ".tmp-" + HEAD_NAME)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, os.path.join(out_dir, HEAD_NAME))
+    ids = sorted(id_vocab, key=id_vocab.get)
+    tmp = os.path.join(out_dir, ".tmp-" + ITEM_IDS_NAME)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(item_id + "\n" for item_id in ids)
+    os.replace(tmp, os.path.join(out_dir, ITEM_IDS_NAME))
+
+
+def load_head(path, config):
+    """(ItemTower, AttentionPooling or None, id vocab) from a model directory's head.npz."""
+    head_path = os.path.join(path, HEAD_NAME)
+    with np.load(head_path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    ids_path = os.path.join(path, ITEM_IDS_NAME)
+    with open(ids_path, encoding="utf-8") as f:
+        id_vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.strip()}
+    kernel = arrays["tower_kernel"]  # [H, D]
+    if len(id_vocab) != len(arrays["tower_id_embeddings"]):
+        raise ValueError(f"{ids_path} lists {len(id_vocab)} items but {head_path} has "
+                         f"{len(arrays['tower_id_embeddings'])} id embeddings: the files come "
+                         f"from different saves; save the model again")
+    tower = ItemTower(kernel.shape[1], num_ids=len(id_vocab), name="item_tower")
+    tower([np.zeros((1, kernel.shape[0]), np.float32), np.zeros(1, np.int32)])
+    tower.set_weights([kernel, arrays["tower_bias"], arrays["tower_id_embeddings"]])
+    attention = None
+    if "attention_kernel" in arrays:
+        attention = AttentionPooling(arrays["attention_kernel"].shape[1], name="interest_attention")
+        attention([np.zeros((1, 1, kernel.shape[1]), np.float32), np.ones((1, 1), np.float32)])
+        attention.set_weights([arrays["attention_kernel"], arrays["attention_bias"],
+                               arrays["attention_query"]])
+    return tower, attention, id_vocab
 
 
 def _model_dir_text_config(path, text_config):
@@ -261,18 +367,6 @@ def _model_dir_text_config(path, text_config):
     if os.path.isfile(os.path.join(path, "userdict.txt")):
         changes["user_dict_path"] = os.path.join(path, "userdict.txt")
     return dataclasses.replace(text_config, **changes)
-
-
-def _pad_units(units, dim):
-    """Users' unit lists -> vectors [B, N, H] and weights [B, N] (padding has weight 0)."""
-    n = max((len(u[2]) for u in units), default=1) or 1
-    vectors = np.zeros((len(units), n, dim), dtype=np.float32)  # [B, N, H]
-    weights = np.zeros((len(units), n), dtype=np.float32)  # [B, N]
-    for row, (_, v, w, _) in enumerate(units):
-        if len(w):
-            vectors[row, :len(w)] = v
-            weights[row, :len(w)] = w
-    return vectors, weights
 
 
 def _merge_because(recent, shares, pipeline):

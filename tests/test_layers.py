@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from bert_rec.backend import keras, tf
-from bert_rec.layers import CosineSimilarity, TokenPooling, WeightedPooling, custom_objects
+from bert_rec.layers import (AttentionPooling, CosineSimilarity, ItemTower, TokenPooling,
+                             WeightedPooling, custom_objects)
 
 RNG = np.random.default_rng(0)
 
@@ -74,3 +75,37 @@ def test_layers_round_trip_through_saved_models(tmp_path, fmt):
                                rtol=1e-6)
     for layer in ("pool", "interest", "cos"):
         assert loaded.get_layer(layer).get_config() == model.get_layer(layer).get_config()
+
+
+def test_attention_pooling_starts_as_weighted_pooling_and_matches_numpy():
+    vectors = RNG.normal(size=(2, 4, 6)).astype(np.float32)
+    weights = np.array([[1.0, 2.0, 0.5, 0.0], [3.0, 0.0, 0.0, 0.0]], np.float32)
+    layer = AttentionPooling(units=5)
+    np.testing.assert_allclose(layer([vectors, weights]).numpy(),
+                               WeightedPooling()([vectors, weights]).numpy(), atol=1e-6)
+    layer.query.assign(RNG.normal(size=5).astype(np.float32))
+    v = _unit(vectors)
+    logits = np.tanh(v @ layer.kernel.numpy() + layer.bias.numpy()) @ layer.query.numpy()
+    logits = np.where(weights > 0, logits + np.log(np.where(weights > 0, weights, 1)), -np.inf)
+    alpha = np.exp(logits - logits.max(1, keepdims=True))
+    alpha /= alpha.sum(1, keepdims=True)
+    np.testing.assert_allclose(layer.attention(vectors, weights).numpy(), alpha, atol=1e-6)
+    np.testing.assert_allclose(layer([vectors, weights]).numpy(),
+                               np.einsum("bn,bnd->bd", alpha, v), atol=1e-6)
+
+
+def test_item_tower_adds_id_embeddings_only_for_known_ids():
+    raw = RNG.normal(size=(3, 4)).astype(np.float32)
+    tower = ItemTower(2, num_ids=2)
+    tower([raw, np.array([0, 1, 2], np.int32)])
+    kernel = RNG.normal(size=(4, 2)).astype(np.float32)
+    mean = raw.mean(0)
+    tower.set_affine(mean, kernel)
+    tower.id_embeddings.assign(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    got = tower([raw, np.array([0, 1, 2], np.int32)]).numpy()
+    text = (raw - mean) @ kernel
+    np.testing.assert_allclose(got, text + np.array([[1, 0], [0, 1], [0, 0]]), atol=1e-5)
+    config = tower.get_config()
+    assert ItemTower.from_config(config).get_config() == config
+    config = AttentionPooling(units=3).get_config()
+    assert AttentionPooling.from_config(config).get_config() == config

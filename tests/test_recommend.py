@@ -73,7 +73,8 @@ def test_explanations_sum_to_one_and_match_numpy(recommender):
     seen = {(b.item_id, b.behavior) for b in history}
     rec = recommender
     weights = behavior_weights(history, rec.config.scoring)
-    text_vec = rec._encode_behavior_texts([history])[rec.encoder.pipeline.clean("篮球 太 精彩 了")]
+    text_rows, text_vectors = rec._encode_behavior_texts([history])
+    text_vec = text_vectors[text_rows["篮球 太 精彩 了"] - len(ITEMS)]
     rows = [rec.item_vectors[rec.item_index[b.item_id]] for b in history] + [text_vec]
     unit_w = np.append(weights, weights[1] * rec.config.scoring.text_weight)
     units = np.array(rows) / np.linalg.norm(rows, axis=1, keepdims=True)
