@@ -177,34 +177,38 @@ def bert_config(vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_
     }
 
 
-def save_checkpoint(transformer, config, vocab_tokens, out_dir):
-    """Write a bert4keras Transformer as a Google-format checkpoint directory, atomically.
-
-    Files go to a temporary sibling folder that is renamed over ``out_dir`` at the end, so an
-    interrupted write never leaves a half-written checkpoint where the old one was.
-    """
+def write_checkpoint_files(transformer, config, vocab_tokens, directory):
+    """Write bert_config.json, vocab.txt and bert_model.ckpt.* into an existing directory."""
     if len(vocab_tokens) != config["vocab_size"]:
         raise ValueError(f"{len(vocab_tokens)} vocab tokens but vocab_size {config['vocab_size']}")
+    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    write_vocab(vocab_tokens, os.path.join(directory, VOCAB_NAME))
+    write_bert_checkpoint(transformer, os.path.join(directory, CKPT_PREFIX))
+
+
+def staging_dir(out_dir):
+    """A fresh temporary directory beside ``out_dir`` (same file system, so renames are atomic)."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
-        with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-        write_vocab(vocab_tokens, os.path.join(tmp, VOCAB_NAME))
-        write_bert_checkpoint(transformer, os.path.join(tmp, CKPT_PREFIX))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
 
 
-def _replace_dir(src, dst):
-    """Move directory ``src`` to ``dst``, replacing an existing ``dst`` with two renames."""
+def replace_dir(src, dst, keep=()):
+    """Put directory ``src`` at ``dst``, replacing an existing ``dst`` by renames.
+
+    Entries of the old ``dst`` named in ``keep`` (e.g. a training-state folder) are moved into
+    the new one first. A crash leaves either the old directory or the new one at ``dst``
+    (or the old one at ``dst.old`` for the instant between the two renames).
+    """
+    dst = os.path.abspath(dst)
     if os.path.exists(dst):
+        for name in keep:
+            if os.path.exists(os.path.join(dst, name)) and not os.path.exists(
+                    os.path.join(src, name)):
+                os.rename(os.path.join(dst, name), os.path.join(src, name))
         old = dst + ".old"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(dst, old)
@@ -212,6 +216,22 @@ def _replace_dir(src, dst):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(src, dst)
+    return dst
+
+
+def save_checkpoint(transformer, config, vocab_tokens, out_dir):
+    """Write a bert4keras Transformer as a Google-format checkpoint directory, atomically.
+
+    Files go to a temporary sibling folder that is renamed over ``out_dir`` at the end, so an
+    interrupted write never leaves a half-written checkpoint where the old one was.
+    """
+    tmp = staging_dir(out_dir)
+    try:
+        write_checkpoint_files(transformer, config, vocab_tokens, tmp)
+        return replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def create_random_checkpoint(out_dir, vocab_tokens, seed=0, with_heads=True, **config_kwargs):

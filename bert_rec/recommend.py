@@ -24,7 +24,8 @@ import numpy as np
 
 from .backend import tf
 from .checkpoint import CONFIG_NAME as BERT_CONFIG_NAME
-from .checkpoint import CheckpointError, find_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, find_checkpoint, replace_dir, staging_dir,
+                         write_checkpoint_files)
 from .config import CONFIG_NAME, ModelConfig
 from .layers import AttentionPooling, CosineSimilarity, ItemTower, WeightedPooling
 from .models import TextEncoder
@@ -190,12 +191,16 @@ class Recommender:
                    id_vocab=id_vocab)
 
     # -- items --------------------------------------------------------------------------------
-    def index_items(self, items):
-        """Encode every item's feature text (title, description, category, tags) once."""
+    def encode_items(self, items):
+        """Encoder vectors of items' feature texts (title, description, category, tags) [M, H]."""
+        return self.encoder.encode([item.full_text() for item in items],
+                                   max_len=self.config.item_max_len, desc="encoding items")
+
+    def index_items(self, items, raw=None):
+        """Encode every item once (or take ``raw`` encoder vectors [M, H]) and project them."""
         self.items = list(items)
         self.item_index = {item.item_id: i for i, item in enumerate(self.items)}
-        raw = self.encoder.encode([item.full_text() for item in self.items],
-                                  max_len=self.config.item_max_len, desc="encoding items")  # [M, H]
+        raw = self.encode_items(self.items) if raw is None else raw  # [M, H]
         if self.tower is None:
             mean, kernel = fit_whitening(raw, self.config.whitening, self.config.whitening_dim)
             self.tower = ItemTower(kernel.shape[1], num_ids=0, name="item_tower")
@@ -227,32 +232,51 @@ class Recommender:
         text_rows = {r: slot[c] for r, c in zip(raw, cleaned) if c}
         return text_rows, self.project(vectors)
 
-    def recommend(self, histories, k=10, explain=3, batch_users=256):
+    def _unit_table(self, histories):
+        """(unit table [M + T, D]: items then these users' distinct texts, text -> row)."""
+        text_rows, text_vectors = self._encode_behavior_texts(histories)
+        return np.concatenate([self.item_vectors, text_vectors]), text_rows
+
+    def _score_batch(self, table, text_rows, batch):
+        """Score a batch of histories: (units per user, alpha [B, N], interest [B, D], [B, M])."""
+        units = [user_units(h, self.config.scoring, self.item_index, text_rows) for h in batch]
+        rows, weights = pad_units([(u[1], u[2]) for u in units])  # [B, N], [B, N]
+        vectors = tf.constant(table[rows])  # [B, N, D]
+        weights = tf.constant(weights)
+        alpha = self.pooling.attention(vectors, weights).numpy()  # [B, N]
+        interest = self.pooling([vectors, weights])  # [B, D]
+        scores = self.cosine([interest, tf.constant(self.item_vectors)]).numpy()  # [B, M]
+        return units, alpha, interest.numpy(), scores
+
+    def _user_batches(self, n_users, batch_users=256):
+        """Batch size that keeps the [B, M] score block near 256 MB whatever the catalogue."""
+        return max(1, min(batch_users, (64 * 2**20) // max(len(self.items), 1)))
+
+    def score(self, histories):
+        """Time-sorted behaviour lists [B] -> cosine scores over the catalogue [B, M]."""
+        histories = list(histories)
+        table, text_rows = self._unit_table(histories)
+        step = self._user_batches(len(histories))
+        blocks = [self._score_batch(table, text_rows, histories[i:i + step])[3]
+                  for i in range(0, len(histories), step)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, len(self.items)), np.float32)
+
+    def recommend(self, histories, k=10, explain=3):
         """``histories``: {user_id: time-sorted behaviours} -> list of UserRecommendations."""
         if not len(self.items):
             raise ValueError("no items indexed: call index_items(items) first")
         user_ids = list(histories)
-        text_rows, text_vectors = self._encode_behavior_texts(histories.values())
-        table = np.concatenate([self.item_vectors, text_vectors])  # [M + T, D] unit table
-        item_tensor = tf.constant(self.item_vectors)  # [M, D]
-        # Keep the [B, M] score block near 256 MB whatever the catalogue size.
-        batch_users = max(1, min(batch_users, (64 * 2**20) // max(len(self.items), 1)))
+        table, text_rows = self._unit_table(histories.values())
+        step = self._user_batches(len(user_ids))
         results = []
         with progress_bar(total=len(user_ids), desc="scoring users", unit="user") as bar:
-            for start in range(0, len(user_ids), batch_users):
-                batch = user_ids[start:start + batch_users]
-                units = [user_units(histories[u], self.config.scoring, self.item_index, text_rows)
-                         for u in batch]
-                rows, weights = pad_units([(u[1], u[2]) for u in units])  # [B, N], [B, N]
-                vectors = tf.constant(table[rows])  # [B, N, D]
-                alpha = self.pooling.attention(vectors, tf.constant(weights)).numpy()  # [B, N]
-                interest = self.pooling([vectors, tf.constant(weights)])  # [B, D]
-                scores = self.cosine([interest, item_tensor]).numpy()  # [B, M]
-                interest = interest.numpy()
+            for start in range(0, len(user_ids), step):
+                batch = user_ids[start:start + step]
+                units, alpha, interest, scores = self._score_batch(
+                    table, text_rows, [histories[u] for u in batch])
                 for b, user_id in enumerate(batch):
                     recent, unit_rows, _, owners = units[b]
-                    n = len(unit_rows)
-                    explained = (recent, table[unit_rows], alpha[b, :n], owners)
+                    explained = (recent, table[unit_rows], alpha[b, :len(unit_rows)], owners)
                     results.append(self._top_k(user_id, histories[user_id], explained,
                                                interest[b], scores[b], k, explain))
                 bar.update(len(batch))
@@ -292,46 +316,46 @@ class Recommender:
         return per_behavior / total if abs(total) > 1e-12 else per_behavior
 
     # -- saving -------------------------------------------------------------------------------
-    def save(self, out_dir):
-        """Write a model directory: bert_rec.json, encoder checkpoint, vocab, stopwords, head.
-
-        The head (item tower, attention, item-id vocabulary) is written when there is one: a
-        zero-shot model indexed on a catalogue keeps its fitted whitening.
+    def save(self, out_dir, keep=()):
+        """Write a model directory, atomically: bert_rec.json, the encoder checkpoint (Google
+        format), vocab, stopwords, user dictionary and the head (item tower, attention, item-id
+        vocabulary). A zero-shot model indexed on a catalogue keeps its fitted whitening.
+        Entries of an existing ``out_dir`` named in ``keep`` are carried over.
         """
         files = self.encoder.files
         with open(files.vocab_path, encoding="utf-8") as f:
             vocab = [line.rstrip("\r\n") for line in f]
-        save_checkpoint(self.encoder.transformer, files.config, vocab, out_dir)
-        text = self.encoder.pipeline.config
-        with open(os.path.join(out_dir, "stopwords.txt"), "w", encoding="utf-8") as f:
-            f.writelines(word + "\n" for word in sorted(self.encoder.pipeline.stopwords))
-        if text.user_dict_path:
-            shutil.copyfile(text.user_dict_path, os.path.join(out_dir, "userdict.txt"))
-        if self.tower is not None:
-            save_head(out_dir, self.tower, self.pooling if self.trained else None, self.id_vocab)
-        config = dataclasses.replace(self.config, text=dataclasses.replace(
-            text, stopwords_path=None, extra_stopwords_path=None, user_dict_path=None))
-        config.save(os.path.join(out_dir, CONFIG_NAME))
-        return out_dir
+        tmp = staging_dir(out_dir)
+        try:
+            write_checkpoint_files(self.encoder.transformer, files.config, vocab, tmp)
+            text = self.encoder.pipeline.config
+            with open(os.path.join(tmp, "stopwords.txt"), "w", encoding="utf-8") as f:
+                f.writelines(word + "\n" for word in sorted(self.encoder.pipeline.stopwords))
+            if text.user_dict_path:
+                shutil.copyfile(text.user_dict_path, os.path.join(tmp, "userdict.txt"))
+            if self.tower is not None:
+                save_head(tmp, self.tower, self.pooling if self.trained else None, self.id_vocab)
+            config = dataclasses.replace(self.config, text=dataclasses.replace(
+                text, stopwords_path=None, extra_stopwords_path=None, user_dict_path=None))
+            config.save(os.path.join(tmp, CONFIG_NAME))
+            return replace_dir(tmp, out_dir, keep=keep)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def save_head(out_dir, tower, attention, id_vocab):
-    """Write head.npz (tower and attention weights) and item_ids.txt, each atomically."""
+    """Write head.npz (tower and attention weights) and item_ids.txt into ``out_dir``."""
     arrays = {"tower_kernel": tower.kernel.numpy(), "tower_bias": tower.bias.numpy(),
               "tower_id_embeddings": tower.id_embeddings.numpy()}
     if attention is not None:
         arrays.update(attention_kernel=attention.kernel.numpy(),
                       attention_bias=attention.bias.numpy(),
                       attention_query=attention.query.numpy())
-    tmp = os.path.join(out_dir, ".tmp-" + HEAD_NAME)
-    with open(tmp, "wb") as f:
+    with open(os.path.join(out_dir, HEAD_NAME), "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, os.path.join(out_dir, HEAD_NAME))
-    ids = sorted(id_vocab, key=id_vocab.get)
-    tmp = os.path.join(out_dir, ".tmp-" + ITEM_IDS_NAME)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(item_id + "\n" for item_id in ids)
-    os.replace(tmp, os.path.join(out_dir, ITEM_IDS_NAME))
+    with open(os.path.join(out_dir, ITEM_IDS_NAME), "w", encoding="utf-8") as f:
+        f.writelines(item_id + "\n" for item_id in sorted(id_vocab, key=id_vocab.get))
 
 
 def load_head(path, config):
