@@ -152,7 +152,8 @@ def write_bert_checkpoint(transformer, prefix):
     for layer_name, names in mapping.items():
         if layer_name not in transformer.layers:
             continue
-        values = K.batch_get_value(transformer.layers[layer_name].trainable_weights)
+        # .weights, not .trainable_weights: frozen layers (training with train_layers) count too
+        values = K.batch_get_value(transformer.layers[layer_name].weights)
         for name, value in zip(names, values):
             if name == "cls/seq_relationship/output_weights":
                 value = value.T  # Google stores it [2, H]; bert4keras's Dense kernel is [H, 2]
