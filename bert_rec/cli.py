@@ -9,6 +9,9 @@ import tempfile
 import time
 
 from .data import DEFAULT_BEHAVIORS, InputError, group_by_user, read_behaviors, read_items
+from .training_config import OBJECTIVES, TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
 
 
 class UsageError(ValueError):
@@ -56,6 +59,51 @@ def build_parser():
     rec.add_argument("--include-seen", action="store_true",
                      help="do not exclude items the user already interacted with")
     rec.set_defaults(func=cmd_recommend)
+
+    train = sub.add_parser(
+        "train", help="fine-tune a two-tower model on a behaviour log",
+        description="Fine-tune on the behaviour log: each user's last distinct item is held out "
+                    "for testing, the one before it for validation (early stopping on NDCG@K).")
+    train.add_argument("--model", required=True,
+                       help="Google-format checkpoint directory or bert_rec model directory")
+    _add_data_args(train)
+    train.add_argument("--out", required=True, help="model directory to write")
+    train.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS.epochs)
+    train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--learning-rate", type=float, default=TRAIN_DEFAULTS.learning_rate)
+    train.add_argument("--temperature", type=float, default=TRAIN_DEFAULTS.temperature)
+    train.add_argument("--train-layers", type=int, default=TRAIN_DEFAULTS.train_layers,
+                       help="fine-tune the top N encoder layers (default 0: frozen encoder, "
+                            "fast on CPU)")
+    train.add_argument("--extra-negatives", type=int, default=TRAIN_DEFAULTS.extra_negatives,
+                       help="random negatives per batch besides the in-batch ones")
+    train.add_argument("--no-logq", action="store_true",
+                       help="turn off the log-q popularity correction")
+    train.add_argument("--no-id-embeddings", action="store_true",
+                       help="text only: no item-id embeddings (no collaborative signal)")
+    train.add_argument("--objective", choices=OBJECTIVES, default=TRAIN_DEFAULTS.objective,
+                       help="softmax (two-tower retrieval), click (num_classes=2 click "
+                            "classifier) or both")
+    train.add_argument("--patience", type=int, default=TRAIN_DEFAULTS.patience,
+                       help="epochs without validation gain before stopping")
+    train.add_argument("-k", type=int, default=TRAIN_DEFAULTS.k, help="K of validation NDCG@K")
+    train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in --out from its last epoch")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="compare the model with classic baselines on a time split",
+        description="Leave-last-out evaluation: per user the last distinct item is the target, "
+                    "every catalogue item outside the history a candidate.")
+    ev.add_argument("--model", required=True,
+                    help="bert_rec model directory or Google-format checkpoint directory")
+    _add_data_args(ev)
+    ev.add_argument("-k", type=int, default=10)
+    ev.add_argument("--format", choices=("table", "json"), default="table")
+    ev.add_argument("--output", metavar="FILE", help="write here (atomically) instead of stdout")
+    ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
+    ev.set_defaults(func=cmd_evaluate)
 
     init = sub.add_parser(
         "init-checkpoint",
@@ -171,6 +219,45 @@ def write_output(text, path):
         os.unlink(tmp)
         raise
     print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_train(args):
+    items, histories = load_inputs(args)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        temperature=args.temperature, train_layers=args.train_layers,
+        extra_negatives=args.extra_negatives, logq_correction=not args.no_logq,
+        id_embeddings=not args.no_id_embeddings, objective=args.objective,
+        patience=args.patience, k=args.k, seed=args.seed)
+    from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
+    started = time.time()
+    history, _ = train(args.model, items, histories, args.out, config, resume=args.resume)
+    best = max(history, key=lambda h: h["val_ndcg"])
+    print(f"best epoch {best['epoch']}: validation NDCG@{args.k} {best['val_ndcg']:.4f}, "
+          f"HR@{args.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all", file=sys.stderr)
+    print(f"wrote the model to {args.out} (curves: "
+          f"{os.path.join(args.out, STATE_DIR, CURVES_NAME)})", file=sys.stderr)
+
+
+def cmd_evaluate(args):
+    items, histories = load_inputs(args)
+    from .evaluation import format_table, leave_last_out  # noqa: PLC0415
+    cases, skipped = leave_last_out(histories)
+    if not cases:
+        raise UsageError(f"{args.behaviors}: no user has 2 distinct items; nothing to evaluate")
+    from .comparison import evaluate_all, plot_results  # noqa: PLC0415
+    results = evaluate_all(args.model, items, cases, k=args.k)
+    report = {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
+              "results": results}
+    if args.format == "json":
+        text = json.dumps(report, indent=2) + "\n"
+    else:
+        text = (f"{len(cases)} users evaluated ({skipped} skipped: fewer than 2 distinct items), "
+                f"{len(items)} candidate items\n" + format_table(results, args.k) + "\n")
+    write_output(text, args.output)
+    if args.plot:
+        plot_results(report, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 def cmd_init_checkpoint(args):

@@ -1,0 +1,60 @@
+"""bert_rec against the classic recommenders on one split (``bert-rec evaluate``).
+
+evaluation.py holds the TF-free protocol, metrics and baselines; this module adds the BERT
+models (the given model and its zero-shot form) and the bar chart.
+"""
+
+import os
+
+from .evaluation import evaluate_scores, run_baselines
+from .recommend import Recommender
+
+METHOD_ORDER = ("bert_rec", "zero_shot", "itemknn", "tfidf", "popularity")
+
+
+def evaluate_all(model_path, items, cases, k=10):
+    """{method: metrics} for bert_rec, zero_shot and the baselines, on the same cases.
+
+    ``zero_shot`` is the model's encoder with the zero-shot head (weighted-mean pooling,
+    BERT-whitening fitted on these items); for a raw checkpoint directory it equals bert_rec.
+    """
+    results = {}
+    model = Recommender.load(model_path).index_items(items)
+    results["bert_rec"] = _evaluate(model, cases, items, k)
+    if model.trained:
+        zero_shot = Recommender.load(model_path, zero_shot=True).index_items(items)
+        results["zero_shot"] = _evaluate(zero_shot, cases, items, k)
+    else:
+        results["zero_shot"] = dict(results["bert_rec"])
+    results.update(run_baselines(items, cases, k=k))
+    return {name: results[name] for name in METHOD_ORDER}
+
+
+def _evaluate(model, cases, items, k):
+    return evaluate_scores(lambda batch: model.score([c.history for c in batch]), cases, items,
+                           k=k)
+
+
+def plot_results(report, path):
+    """Grouped bar chart of HR/NDCG/MRR@K per method, written atomically."""
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    results, k = report["results"], report["k"]
+    methods = list(results)
+    metrics = [("hr", f"HR@{k}"), ("ndcg", f"NDCG@{k}"), ("mrr", "MRR")]
+    x = np.arange(len(methods))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(metrics)
+    for i, (key, label) in enumerate(metrics):
+        bars = ax.bar(x + (i - 1) * width, [results[m][key] for m in methods], width, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, methods)
+    ax.set_title(f"leave-last-out, {report['users_evaluated']} users, full ranking")
+    ax.legend()
+    fig.tight_layout()
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
