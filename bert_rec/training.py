@@ -134,7 +134,7 @@ class Trainer:
     # -- model --------------------------------------------------------------------------------
     def _build(self):
         cfg, enc = self.config, self.rec.encoder
-        tf.random.set_seed(cfg.seed)
+        keras.utils.set_random_seed(cfg.seed)  # Python, numpy and TF: unseeded Keras inits
         raw = self._encode_rows_eval()
         mean, kernel = fit_whitening(raw[:len(self.items)], self.rec.config.whitening,
                                      self.rec.config.whitening_dim)
@@ -154,6 +154,10 @@ class Trainer:
         self.raw_table = None if self.encoder_variables else tf.constant(raw)
         self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
         self.encoder_optimizer = keras.optimizers.Adam(cfg.encoder_learning_rate)
+        # Create the Adam slots now, so --resume restores them instead of starting from zero.
+        self.optimizer.build(self.head_variables)
+        if self.encoder_variables:
+            self.encoder_optimizer.build(self.encoder_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         # The encoder goes into the training state only when some of it is trained.
         self.trained_parts = {"tower": self.tower, "attention": self.attention}

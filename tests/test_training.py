@@ -1,0 +1,127 @@
+"""Fine-tuning: the split, loss going down, resume, saved models, encoder fine-tuning."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bert_rec.data import Behavior, Item
+from bert_rec.recommend import Recommender
+from bert_rec.training import Trainer, split_for_training, train
+from bert_rec.training_config import TrainConfig
+
+TOPICS = {
+    "food": ["红烧肉", "家常菜", "美食", "做法", "好吃"],
+    "ball": ["篮球", "比赛", "精彩", "集锦", "球星"],
+    "pets": ["小猫", "小狗", "萌宠", "日常", "可爱"],
+    "tech": ["手机", "数码", "评测", "电脑", "相机"],
+}
+
+
+def _dataset(n_users=16, per_user=7, seed=0):
+    """Items in four topics; each simulated user sticks to one topic (plus a little noise)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for topic, words in TOPICS.items():
+        for i in range(6):
+            picked = rng.choice(words, 3, replace=False)
+            items.append(Item(f"{topic}{i}", " ".join(picked), category=topic))
+    histories = {}
+    for u in range(n_users):
+        topic = list(TOPICS)[u % 4]
+        pool = [it.item_id for it in items if it.category == topic]
+        order = rng.permutation(pool)[:per_user - 1].tolist()
+        order.insert(3, items[rng.integers(len(items))].item_id)  # one off-topic item
+        user = f"u{u}"
+        histories[user] = [Behavior(user, item, "click" if j % 2 else "view", 1e9 + 3600 * j,
+                                    text="好看" if j == 2 else "")
+                           for j, item in enumerate(order)]
+    return items, histories
+
+
+def _b(user, item, t):
+    return Behavior(user, item, "view", float(t))
+
+
+def test_split_keeps_test_and_validation_targets_out_of_training():
+    history = {"u": [_b("u", "a", 1), _b("u", "b", 2), _b("u", "a", 3), _b("u", "c", 4),
+                     _b("u", "d", 5), _b("u", "c", 6)],
+               "short": [_b("short", "a", 1), _b("short", "a", 2)]}
+    examples, val, test, skipped = split_for_training(history)
+    assert skipped == 1
+    assert [(c.user_id, c.target) for c in test] == [("u", "d")]
+    assert [(c.user_id, c.target) for c in val] == [("u", "c")]
+    assert [(e.target, [b.item_id for b in e.history]) for e in examples] == [
+        ("b", ["a"])]  # a's re-view at t=3 is not a new item; c and d are held out
+    for e in examples:
+        assert all(b.item_id not in ("c", "d") for b in e.history)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _dataset()
+
+
+def _config(**kw):
+    return TrainConfig(**{"epochs": 3, "batch_size": 16, "extra_negatives": 8, "patience": 10,
+                          "learning_rate": 1e-2, "k": 5, **kw})
+
+
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_ckpt, data, tmp_path):
+    items, histories = data
+    out = str(tmp_path / "model")
+    history, rec = train(tiny_ckpt, items, histories, out, _config(epochs=4))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    saved = json.load(open(f"{out}/training/history.json", encoding="utf-8"))
+    assert saved == history
+    loaded = Recommender.load(out).index_items(items)
+    assert loaded.trained and len(loaded.id_vocab) == len(items)
+    users = [histories[u] for u in sorted(histories)[:5]]
+    np.testing.assert_allclose(loaded.score(users), rec.score(users), atol=1e-5)
+    # the zero-shot form of the same directory ignores the trained head
+    zero = Recommender.load(out, zero_shot=True).index_items(items)
+    assert not zero.trained
+
+
+def test_resume_continues_and_ends_where_an_uninterrupted_run_ends(tiny_ckpt, data, tmp_path):
+    items, histories = data
+    full, _ = train(tiny_ckpt, items, histories, str(tmp_path / "full"), _config(epochs=4))
+    out = str(tmp_path / "resumed")
+    first, _ = train(tiny_ckpt, items, histories, out, _config(epochs=2))
+    with pytest.raises(ValueError, match="pass --resume"):
+        train(tiny_ckpt, items, histories, out, _config(epochs=4))
+    resumed, _ = train(tiny_ckpt, items, histories, out, _config(epochs=4), resume=True)
+    assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
+    assert resumed[:2] == first
+    for a, b in zip(full, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["val_ndcg"] == pytest.approx(b["val_ndcg"], abs=1e-6)
+    with pytest.raises(ValueError, match="no training state to resume"):
+        train(tiny_ckpt, items, histories, str(tmp_path / "new"), _config(), resume=True)
+
+
+def test_click_objective_and_top_layer_fine_tuning(tiny_ckpt, data, tmp_path):
+    items, histories = data
+    base = Recommender.load(tiny_ckpt, zero_shot=True)
+    before = [w.copy() for w in base.encoder.transformer.model.get_weights()]
+    trainer = Trainer(base, items, histories, _config(objective="both", train_layers=1))
+    history = trainer.fit(str(tmp_path / "ft"))
+    assert all(np.isfinite(h["loss"]) for h in history)
+    after = base.encoder.transformer.model.get_weights()
+    changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert any(changed) and not all(changed)  # top layer trained, embeddings frozen
+    layer0 = base.encoder.transformer.layers["Transformer-0-FeedForward"].get_weights()[0]
+    layer1 = base.encoder.transformer.layers["Transformer-1-FeedForward"].get_weights()[0]
+    reloaded = Recommender.load(tiny_ckpt, zero_shot=True).encoder.transformer
+    np.testing.assert_array_equal(layer0, reloaded.layers["Transformer-0-FeedForward"]
+                                  .get_weights()[0])
+    assert not np.array_equal(layer1, reloaded.layers["Transformer-1-FeedForward"]
+                              .get_weights()[0])
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="regression")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
