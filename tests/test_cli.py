@@ -91,3 +91,41 @@ def test_help(argv, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert "bert-rec" in capsys.readouterr().out
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return str(path)
+
+
+def test_train_then_evaluate_json_and_plot(tiny_ckpt, tmp_path, capsys):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_training import _dataset
+    items, histories = _dataset()
+    items_path = _write_jsonl(tmp_path / "items.jsonl", [
+        {"item_id": i.item_id, "title": i.title, "category": i.category} for i in items])
+    behaviors_path = _write_jsonl(tmp_path / "behaviors.jsonl", [
+        {"user_id": b.user_id, "item_id": b.item_id, "behavior": b.behavior,
+         "timestamp": b.timestamp, **({"text": b.text} if b.text else {})}
+        for h in histories.values() for b in h])
+    data = ["--items", items_path, "--behaviors", behaviors_path]
+    out = str(tmp_path / "model")
+    assert main(["train", "--model", tiny_ckpt, *data, "--out", out, "--epochs", "2",
+                 "--batch-size", "16", "--extra-negatives", "8", "-k", "5"]) == 0
+    assert os.path.isfile(os.path.join(out, "training", "training_curves.png"))
+    assert "best epoch" in capsys.readouterr().err
+    plot = str(tmp_path / "eval.png")
+    assert main(["evaluate", "--model", out, *data, "-k", "5", "--format", "json",
+                 "--plot", plot]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["k"] == 5 and report["users_evaluated"] == 16 and report["users_skipped"] == 0
+    assert set(report["results"]) == {"bert_rec", "popularity", "itemknn", "tfidf", "zero_shot"}
+    for metrics in report["results"].values():
+        assert set(metrics) == {"hr", "ndcg", "mrr", "coverage"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    with open(plot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the trained directory also serves recommend
+    assert main(["recommend", "--model", out, *data, "--user", "u0", "-k", "2"]) == 0
+    assert "user u0:" in capsys.readouterr().out
