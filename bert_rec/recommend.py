@@ -122,6 +122,18 @@ def user_units(behaviors, scoring, item_rows, text_rows):
             np.array(owners, np.int32))
 
 
+def text_unit_rows(texts, pipeline, offset):
+    """Behaviour texts -> (distinct cleaned texts, raw text -> unit row ``offset + i``).
+
+    Texts that clean to nothing get no row (and so contribute no unit).
+    """
+    raw = sorted({t for t in texts if t})
+    cleaned = pipeline.clean_many(raw)
+    distinct = sorted({c for c in cleaned if c})
+    slot = {c: offset + i for i, c in enumerate(distinct)}
+    return distinct, {r: slot[c] for r, c in zip(raw, cleaned) if c}
+
+
 def pad_units(units):
     """Users' (rows, weights) -> rows [B, N] int32 and weights [B, N] (padding: row 0, weight 0)."""
     n = max((len(rows) for rows, _ in units), default=1) or 1
@@ -223,13 +235,11 @@ class Recommender:
 
         Returns (raw text -> unit row, text vectors [T, D]); rows start after the M items.
         """
-        raw = sorted({b.text for behaviors in histories for b in behaviors if b.text})
-        cleaned = self.encoder.pipeline.clean_many(raw)
-        distinct = sorted({c for c in cleaned if c})
-        slot = {c: len(self.items) + i for i, c in enumerate(distinct)}
+        distinct, text_rows = text_unit_rows(
+            (b.text for behaviors in histories for b in behaviors), self.encoder.pipeline,
+            offset=len(self.items))
         vectors = self.encoder.encode(distinct, max_len=self.config.text_max_len,
                                       desc="encoding behaviour texts", clean=False)
-        text_rows = {r: slot[c] for r, c in zip(raw, cleaned) if c}
         return text_rows, self.project(vectors)
 
     def _unit_table(self, histories):

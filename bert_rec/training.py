@@ -30,7 +30,7 @@ from .backend import keras, tf
 from .evaluation import evaluate_scores, leave_last_out
 from .layers import AttentionPooling, CosineSimilarity, ItemTower
 from .progress import progress_bar
-from .recommend import Recommender, fit_whitening, pad_units, user_units
+from .recommend import Recommender, fit_whitening, pad_units, text_unit_rows, user_units
 from .tokenization import encode_texts
 from .training_config import TrainConfig
 
@@ -88,18 +88,16 @@ class Trainer:
         """Token ids of every item text and distinct behaviour text: the unit table's rows."""
         rec, scoring = self.rec, self.rec.config.scoring
         pipeline = rec.encoder.pipeline
-        raw_texts = sorted({b.text for ex in self.examples for b in ex.history if b.text} |
-                           {b.text for c in self.val_cases for b in c.history if b.text})
-        cleaned = pipeline.clean_many(raw_texts)
-        distinct = sorted({c for c in cleaned if c})
         M = len(self.items)
-        slot = {c: M + i for i, c in enumerate(distinct)}
-        self.text_rows = {r: slot[c] for r, c in zip(raw_texts, cleaned) if c}
-        item_texts = pipeline.clean_many([item.full_text() for item in self.items])
+        # Validation histories hold every training history's behaviours.
+        self.distinct_texts, self.text_rows = text_unit_rows(
+            (b.text for c in self.val_cases for b in c.history), pipeline, offset=M)
+        self.item_texts = pipeline.clean_many([item.full_text() for item in self.items])
         tok = rec.encoder.tokenizer
         max_pos = rec.encoder.max_position
-        sequences = (encode_texts(tok, item_texts, min(rec.config.item_max_len, max_pos)) +
-                     encode_texts(tok, distinct, min(rec.config.text_max_len, max_pos)))
+        sequences = (encode_texts(tok, self.item_texts, min(rec.config.item_max_len, max_pos)) +
+                     encode_texts(tok, self.distinct_texts,
+                                  min(rec.config.text_max_len, max_pos)))
         self.lengths = np.array([len(s) for s in sequences], np.int32)  # [M + T]
         self.tokens = np.zeros((len(sequences), self.lengths.max()), np.int32)  # [M + T, L]
         for row, seq in enumerate(sequences):
@@ -121,15 +119,11 @@ class Trainer:
 
     def _encode_rows_eval(self):
         """Encoder vectors of every unit-table row [M + T, H] with the current weights."""
-        enc = self.rec.encoder
-        vectors = np.zeros((len(self.tokens), enc.dim), np.float32)
-        order = np.argsort(self.lengths, kind="stable")
-        for start in range(0, len(order), enc.batch_size):
-            rows = order[start:start + enc.batch_size]
-            length = int(self.lengths[rows].max())
-            token_ids = tf.constant(self.tokens[rows, :length])
-            vectors[rows] = enc._encode_batch(token_ids, tf.zeros_like(token_ids)).numpy()
-        return vectors
+        enc, config = self.rec.encoder, self.rec.config
+        items = enc.encode(self.item_texts, max_len=config.item_max_len, clean=False)
+        texts = enc.encode(self.distinct_texts, max_len=config.text_max_len, clean=False,
+                           desc="encoding behaviour texts")
+        return np.concatenate([items, texts])
 
     # -- model --------------------------------------------------------------------------------
     def _build(self):
