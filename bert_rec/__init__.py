@@ -21,6 +21,12 @@ _LAZY = {
 }
 
 
+def load_model(path, **kwargs):
+    """A Recommender from a bert_rec model directory or a Google-format checkpoint directory."""
+    from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads here)
+    return Recommender.load(path, **kwargs)
+
+
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

@@ -17,6 +17,7 @@ user's behaviours sum to 1; explanations list the largest.
 """
 
 import dataclasses
+import hashlib
 import os
 import shutil
 
@@ -34,6 +35,8 @@ from .progress import progress_bar
 SECONDS_PER_DAY = 86400.0
 HEAD_NAME = "head.npz"
 ITEM_IDS_NAME = "item_ids.txt"
+ITEM_VECTORS_NAME = "item_vectors.npy"
+ITEM_KEYS_NAME = "item_vectors.keys"
 
 
 @dataclasses.dataclass
@@ -166,6 +169,7 @@ class Recommender:
         self.items = []
         self.item_index = {}
         self.item_vectors = np.zeros((0, encoder.dim), dtype=np.float32)
+        self.raw_item_vectors = np.zeros((0, encoder.dim), dtype=np.float32)
 
     @property
     def trained(self):
@@ -204,15 +208,48 @@ class Recommender:
 
     # -- items --------------------------------------------------------------------------------
     def encode_items(self, items):
-        """Encoder vectors of items' feature texts (title, description, category, tags) [M, H]."""
-        return self.encoder.encode([item.full_text() for item in items],
-                                   max_len=self.config.item_max_len, desc="encoding items")
+        """Encoder vectors of items' feature texts (title, description, category, tags) [M, H].
+
+        Items whose feature text is unchanged since the model directory's stored item vectors
+        were written (same text fingerprint) reuse them; only the rest are encoded.
+        """
+        texts = [item.full_text() for item in items]
+        raw = np.zeros((len(texts), self.encoder.dim), np.float32)  # [M, H]
+        stored = self._stored_item_vectors()
+        keys = [_fingerprint(t) for t in texts]
+        todo = [i for i, key in enumerate(keys) if key not in stored]
+        for i, key in enumerate(keys):
+            if key in stored:
+                raw[i] = stored[key]
+        if todo:
+            raw[todo] = self.encoder.encode([texts[i] for i in todo],
+                                            max_len=self.config.item_max_len,
+                                            desc="encoding items")
+        self.raw_item_vectors = raw
+        return raw
+
+    def _stored_item_vectors(self):
+        """{text fingerprint: encoder vector [H]} saved in the model directory, if any."""
+        if not self.model_dir:
+            return {}
+        vectors_path = os.path.join(self.model_dir, ITEM_VECTORS_NAME)
+        keys_path = os.path.join(self.model_dir, ITEM_KEYS_NAME)
+        if not (os.path.isfile(vectors_path) and os.path.isfile(keys_path)):
+            return {}
+        vectors = np.load(vectors_path, allow_pickle=False)
+        with open(keys_path, encoding="utf-8") as f:
+            keys = [line.strip() for line in f]
+        if len(keys) != len(vectors) or vectors.shape[1:] != (self.encoder.dim,):
+            raise ValueError(f"{vectors_path} does not match {keys_path} or the encoder: the "
+                             f"files come from different saves; delete both to re-encode")
+        return dict(zip(keys, vectors))
 
     def index_items(self, items, raw=None):
         """Encode every item once (or take ``raw`` encoder vectors [M, H]) and project them."""
         self.items = list(items)
         self.item_index = {item.item_id: i for i, item in enumerate(self.items)}
         raw = self.encode_items(self.items) if raw is None else raw  # [M, H]
+        self.raw_item_vectors = raw
         if self.tower is None:
             mean, kernel = fit_whitening(raw, self.config.whitening, self.config.whitening_dim)
             self.tower = ItemTower(kernel.shape[1], num_ids=0, name="item_tower")
@@ -345,6 +382,12 @@ class Recommender:
                 shutil.copyfile(text.user_dict_path, os.path.join(tmp, "userdict.txt"))
             if self.tower is not None:
                 save_head(tmp, self.tower, self.pooling if self.trained else None, self.id_vocab)
+            if len(self.items):
+                # Encoder vectors of the indexed catalogue, keyed by text fingerprint.
+                with open(os.path.join(tmp, ITEM_VECTORS_NAME), "wb") as f:
+                    np.save(f, self.raw_item_vectors, allow_pickle=False)
+                with open(os.path.join(tmp, ITEM_KEYS_NAME), "w", encoding="utf-8") as f:
+                    f.writelines(_fingerprint(item.full_text()) + "\n" for item in self.items)
             config = dataclasses.replace(self.config, text=dataclasses.replace(
                 text, stopwords_path=None, extra_stopwords_path=None, user_dict_path=None))
             config.save(os.path.join(tmp, CONFIG_NAME))
@@ -391,6 +434,11 @@ def load_head(path, config):
         attention.set_weights([arrays["attention_kernel"], arrays["attention_bias"],
                                arrays["attention_query"]])
     return tower, attention, id_vocab
+
+
+def _fingerprint(text):
+    """Stable key of an item's feature text (SHA-1 of its UTF-8 bytes)."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _model_dir_text_config(path, text_config):

@@ -146,3 +146,24 @@ def test_model_config_rejects_other_versions_and_unknown_keys(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         ModelConfig.from_dict({**data, "colour": "red"})
     assert ModelConfig.from_dict(data) == ModelConfig()
+
+
+def test_saved_item_vectors_are_reused_and_changed_items_re_encoded(recommender, tmp_path,
+                                                                     monkeypatch):
+    out = recommender.save(str(tmp_path / "model"))
+    loaded = Recommender.load(out)
+    calls = []
+    original = loaded.encoder.encode
+
+    def counting(texts, **kwargs):
+        calls.append(list(texts))
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(loaded.encoder, "encode", counting)
+    changed = ITEMS[:-1] + [dataclasses.replace(ITEMS[-1], title="全新 的 标题")]
+    loaded.index_items(changed)
+    assert calls == [[changed[-1].full_text()]]  # only the changed item was encoded
+    fresh = Recommender.load(out)
+    fresh.model_dir = None  # no stored vectors: encode everything
+    fresh.index_items(changed)
+    np.testing.assert_allclose(loaded.item_vectors, fresh.item_vectors, atol=1e-5)
