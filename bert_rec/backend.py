@@ -83,7 +83,7 @@ K = keras.backend
 from bert4keras import layers as b4k_layers  # noqa: E402
 from bert4keras import models as b4k_models  # noqa: E402
 from bert4keras.models import build_transformer_model  # noqa: E402,F401
-from bert4keras.tokenizers import Tokenizer, load_vocab  # noqa: E402,F401
+from bert4keras.tokenizers import Tokenizer  # noqa: E402,F401
 
 
 # --- fix 3: a fresh, reproducible seed for every initializer call --------------------------

@@ -9,7 +9,8 @@ import tempfile
 import time
 
 from .data import DEFAULT_BEHAVIORS, InputError, group_by_user, read_behaviors, read_items
-from .training_config import OBJECTIVES, TrainConfig
+from .training_config import (CONTINUE_LEARNING_RATE, OBJECTIVES, SCRATCH_LEARNING_RATE,
+                              TrainConfig)
 
 TRAIN_DEFAULTS = TrainConfig()
 
@@ -105,6 +106,8 @@ def build_parser():
     ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
     ev.set_defaults(func=cmd_evaluate)
 
+    add_pretrain_parser(sub)
+
     init = sub.add_parser(
         "init-checkpoint",
         help="write a small randomly initialised Google-format BERT checkpoint",
@@ -123,6 +126,47 @@ def build_parser():
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=cmd_init_checkpoint)
     return parser
+
+
+def add_pretrain_parser(subparsers):
+    """Register the ``pretrain`` command on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "pretrain", help="masked-LM (+ NSP) pretraining on your item and behaviour texts",
+        description="Pretrain a BERT with whole-word masked LM (and optionally next-sentence "
+                    "prediction) on the items' feature texts and the behaviour texts, from "
+                    "scratch or continuing a checkpoint that holds its MLM head; writes a "
+                    "Google-format checkpoint directory plus pretraining.json.")
+    p.add_argument("--items", required=True, help="item catalogue (.jsonl/.csv[.gz])")
+    p.add_argument("--behaviors", help="behaviour log: its texts join the corpus, its sequences "
+                                       "give the NSP pairs")
+    p.add_argument("--out", required=True, help="output checkpoint directory (replaced)")
+    p.add_argument("--init", metavar="CKPT_DIR",
+                   help="continue this checkpoint (needs cls/predictions/*); default: from "
+                        "scratch with a vocabulary built from the corpus")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument("--hidden-size", type=int, default=128, help="from scratch only")
+    p.add_argument("--layers", type=int, default=2, help="from scratch only")
+    p.add_argument("--heads", type=int, default=2, help="from scratch only")
+    p.add_argument("--learning-rate", type=float,
+                   help=f"peak learning rate (default {SCRATCH_LEARNING_RATE:g} from scratch, "
+                        f"{CONTINUE_LEARNING_RATE:g} with --init)")
+    p.add_argument("--nsp", action="store_true", help="add next-sentence prediction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-count", type=int, default=2,
+                   help="vocabulary: drop characters/words seen fewer times (default 2)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad input rows: stop with a message (default) or skip and count")
+    p.add_argument("--behavior-names", nargs="+", metavar="NAME",
+                   help="extra behaviour names allowed besides the defaults")
+    p.set_defaults(func=_cmd_pretrain)
+    return p
+
+
+def _cmd_pretrain(args):
+    from .pretraining import cmd_pretrain  # noqa: PLC0415  (TensorFlow loads only here)
+    return cmd_pretrain(args)
 
 
 def _add_data_args(parser):

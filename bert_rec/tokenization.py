@@ -5,6 +5,7 @@ pads batches to their own longest sequence (dynamic padding).
 """
 
 import collections
+import re
 import unicodedata
 
 import numpy as np
@@ -36,27 +37,43 @@ def load_tokenizer(vocab_path):
     return Tokenizer(read_vocab(vocab_path), do_lower_case=True)
 
 
-def build_char_vocab(texts, min_count=1, max_size=None):
+def build_char_vocab(texts, min_count=1, max_size=None, word_pieces=False, word_min_count=None):
     """A BERT-Chinese-style vocabulary from a corpus: special tokens, then characters by frequency.
 
     Every ASCII letter and digit is included with its ``##`` continuation, so English words
-    and numbers become word pieces rather than [UNK].
+    and numbers become word pieces rather than [UNK]. With ``word_pieces=True``, ASCII words
+    (runs of at least two lower-case letters/digits, e.g. ``iphone``, ``vlog``, ``2020``) seen at
+    least ``word_min_count`` times (default ``min_count``) become whole tokens too, ranked by
+    frequency together with the characters; bert4keras's greedy WordPiece then keeps them whole.
+    [PAD] is id 0, followed by [UNK] [CLS] [SEP] [MASK].
     """
     counts = collections.Counter()
+    word_counts = collections.Counter()
     for text in texts:
-        for ch in text.lower():
+        text = text.lower()
+        for ch in text:
             if not ch.isspace() and unicodedata.category(ch)[0] != "C":
                 counts[ch] += 1
+        if word_pieces:
+            word_counts.update(_ASCII_WORD_RE.findall(text))
     ascii_pieces = [c for c in "0123456789abcdefghijklmnopqrstuvwxyz"]
     tokens = list(SPECIAL_TOKENS) + ascii_pieces + ["##" + c for c in ascii_pieces]
     seen = set(tokens)
-    for ch, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if n < min_count or (max_size and len(tokens) >= max_size):
+    word_min = min_count if word_min_count is None else word_min_count
+    candidates = [(n, ch) for ch, n in counts.items() if n >= min_count]
+    candidates += [(n, word) for word, n in word_counts.items() if n >= word_min]
+    for n, token in sorted(candidates, key=lambda nt: (-nt[0], nt[1])):
+        if max_size and len(tokens) >= max_size:
             break
-        if ch not in seen:
-            tokens.append(ch)
-            seen.add(ch)
+        if token not in seen:
+            tokens.append(token)
+            seen.add(token)
     return tokens
+
+
+# An ASCII word as bert4keras's basic tokenizer sees it: letters/digits between spaces,
+# punctuation or CJK characters (a bare letter or digit is already in the vocabulary).
+_ASCII_WORD_RE = re.compile(r"(?<![0-9a-z])[0-9a-z]{2,}(?![0-9a-z])")
 
 
 def encode_texts(tokenizer, texts, max_len):

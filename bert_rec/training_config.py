@@ -1,8 +1,10 @@
-"""Hyper-parameters of fine-tuning, kept free of TensorFlow so the CLI can parse them cheaply."""
+"""Hyper-parameters of pretraining and fine-tuning, kept free of TensorFlow so the CLI can parse them cheaply."""
 
 import dataclasses
 
 OBJECTIVES = ("softmax", "click", "both")
+SCRATCH_LEARNING_RATE = 1e-3   # bert-rec pretrain from scratch
+CONTINUE_LEARNING_RATE = 5e-5  # bert-rec pretrain --init CKPT (domain-adaptive)
 
 
 @dataclasses.dataclass

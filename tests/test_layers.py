@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bert_rec.backend import keras, tf
+from bert_rec.backend import keras
 from bert_rec.layers import (AttentionPooling, CosineSimilarity, ItemTower, TokenPooling,
                              WeightedPooling, custom_objects)
 
