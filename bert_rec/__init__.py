@@ -27,7 +27,15 @@ def load_model(path, **kwargs):
     return Recommender.load(path, **kwargs)
 
 
+def save_model(model, path):
+    """Write a Recommender as a model directory (atomically); returns the path."""
+    return model.save(path)
+
+
 def __getattr__(name):
+    if name == "custom_objects":  # for tf_keras.models.load_model on the .h5 files
+        from .export import custom_objects  # noqa: PLC0415
+        return custom_objects
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'bert_rec' has no attribute {name!r}")

@@ -11,10 +11,11 @@ import glob
 import json
 import os
 import shutil
-import tempfile
+import zipfile
 
 import numpy as np
 
+from .atomic import replace_dir, staging_dir  # noqa: F401  (re-exported)
 from .backend import build_transformer_model, reset_initializer_counter, tf, write_bert_checkpoint
 from .tokenization import write_vocab
 
@@ -62,8 +63,7 @@ def find_checkpoint(directory):
                                   f"BERT checkpoint has {CONFIG_NAME}, {VOCAB_NAME} and "
                                   f"{CKPT_PREFIX}.index/.data-*; copy the whole folder")
     config = _read_config(config_path)
-    with open(vocab_path, encoding="utf-8") as f:
-        vocab_lines = sum(1 for _ in f)
+    vocab_lines = _count_lines(vocab_path)
     if vocab_lines != int(config["vocab_size"]):
         raise CheckpointError(f"{vocab_path} has {vocab_lines} lines but {CONFIG_NAME} says "
                               f"vocab_size {config['vocab_size']}: pass the vocab that came with "
@@ -71,6 +71,16 @@ def find_checkpoint(directory):
     ckpt_prefix = _find_ckpt_prefix(directory)
     _check_variables(ckpt_prefix, config)
     return CheckpointFiles(directory, config_path, vocab_path, ckpt_prefix, config)
+
+
+def _count_lines(path):
+    """Lines of a UTF-8 text file; a file in another encoding is a CheckpointError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); pass the "
+                              f"vocab.txt that came with the checkpoint") from None
 
 
 def _read_config(path):
@@ -132,6 +142,12 @@ def _check_variables(prefix, config):
         raise CheckpointError(f"{prefix}: {WORD_EMBEDDINGS} has shape {shapes[WORD_EMBEDDINGS]} "
                               f"but {CONFIG_NAME} implies {expected}: the config and the "
                               f"weights come from different models")
+    layers = len({name.split("/")[2] for name in shapes if name.startswith("bert/encoder/layer_")})
+    if layers != int(config["num_hidden_layers"]):
+        raise CheckpointError(f"{prefix}: the checkpoint has {layers} transformer layers but "
+                              f"{CONFIG_NAME} says num_hidden_layers "
+                              f"{config['num_hidden_layers']}: the config and the weights come "
+                              f"from different models")
 
 
 def has_variable(prefix, name):
@@ -152,10 +168,18 @@ def load_bert(files, with_pool=False, with_mlm=False, with_nsp=False, load_weigh
                               f"so it can't be loaded with_mlm; use a checkpoint saved with "
                               f"its pretraining heads (e.g. from bert-rec pretrain)")
     configs = {**files.config, **overrides}
-    return build_transformer_model(
-        checkpoint_path=files.ckpt_prefix if load_weights else None,
-        with_pool=with_pool or with_nsp, with_nsp=with_nsp, with_mlm=with_mlm,
-        return_keras_model=return_keras_model, **configs)
+    try:
+        return build_transformer_model(
+            checkpoint_path=files.ckpt_prefix if load_weights else None,
+            with_pool=with_pool or with_nsp, with_nsp=with_nsp, with_mlm=with_mlm,
+            return_keras_model=return_keras_model, **configs)
+    except (tf.errors.OpError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{files.ckpt_prefix}: cannot load the weights ({first}); the "
+                              f"files are damaged or do not match {CONFIG_NAME}: copy the "
+                              f"checkpoint again") from None
 
 
 def bert_config(vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -188,39 +212,39 @@ def write_checkpoint_files(transformer, config, vocab_tokens, directory):
     write_bert_checkpoint(transformer, os.path.join(directory, CKPT_PREFIX))
 
 
-def staging_dir(out_dir):
-    """A fresh temporary directory beside ``out_dir`` (same file system, so renames are atomic)."""
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 -> what os.makedirs would have given
-    return tmp
+MODEL_FILE_HINT = "the model directory is damaged or incomplete: save or train the model again"
 
 
-def replace_dir(src, dst, keep=()):
-    """Put directory ``src`` at ``dst``, replacing an existing ``dst`` by renames.
+def read_arrays(path, hint=MODEL_FILE_HINT):
+    """{name: array} from an .npz (or the array of an .npy) file, never unpickling anything.
 
-    Entries of the old ``dst`` named in ``keep`` (e.g. a training-state folder) are moved into
-    the new one first. A crash leaves either the old directory or the new one at ``dst``
-    (or the old one at ``dst.old`` for the instant between the two renames).
+    A missing, truncated or foreign file is a one-line CheckpointError naming it.
     """
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst):
-        for name in keep:
-            if os.path.exists(os.path.join(dst, name)) and not os.path.exists(
-                    os.path.join(src, name)):
-                os.rename(os.path.join(dst, name), os.path.join(src, name))
-        old = dst + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(dst, old)
-        os.rename(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(src, dst)
-    return dst
+    try:
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                return data
+            with data:
+                return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, FileNotFoundError):
+            reason = "missing"
+        elif "pickle" in reason:
+            reason = "it holds pickled Python objects, which bert_rec never loads"
+        raise CheckpointError(f"{path}: cannot read ({reason}); {hint}") from None
+
+
+def read_lines(path, hint=MODEL_FILE_HINT):
+    """The lines (without line ends) of a UTF-8 text file of a model directory."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {hint}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read ({e}); {hint}") from None
 
 
 def save_checkpoint(transformer, config, vocab_tokens, out_dir):

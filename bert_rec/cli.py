@@ -5,14 +5,16 @@ import datetime
 import json
 import os
 import sys
-import tempfile
 import time
 
+from . import atomic
 from .data import DEFAULT_BEHAVIORS, InputError, group_by_user, read_behaviors, read_items
+from .privacy import user_id_hasher
 from .training_config import (CONTINUE_LEARNING_RATE, OBJECTIVES, SCRATCH_LEARNING_RATE,
                               TrainConfig)
 
 TRAIN_DEFAULTS = TrainConfig()
+RECOMMEND_CHUNK = 2048  # users recommended (and their results held) at a time
 
 
 class UsageError(ValueError):
@@ -28,8 +30,9 @@ def main(argv=None):
         return 2
     try:
         return args.func(args) or 0
-    except (InputError, UsageError, ValueError, FileNotFoundError) as e:
-        # CheckpointError and config errors are ValueErrors with a what-to-do message.
+    except (InputError, UsageError, ValueError, OSError) as e:
+        # CheckpointError and config errors are ValueErrors with a what-to-do message;
+        # OSError: a file that can't be read or written (missing, permissions, disk full).
         print(f"bert-rec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -57,6 +60,11 @@ def build_parser():
     rec.add_argument("--output", metavar="FILE", help="write here (atomically) instead of stdout")
     rec.add_argument("--pooling", choices=("mean", "cls", "pooler"),
                      help="override the model's pooling (default: the model's, or mean)")
+    rec.add_argument("--index", choices=("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"),
+                     default="exact",
+                     help="top-k retrieval: exact (default: every item scored by the cosine "
+                          "layer) or a faiss index (faiss-hnsw/-ivf: approximate, for large "
+                          "catalogues)")
     rec.add_argument("--include-seen", action="store_true",
                      help="do not exclude items the user already interacted with")
     rec.set_defaults(func=cmd_recommend)
@@ -107,6 +115,32 @@ def build_parser():
     ev.set_defaults(func=cmd_evaluate)
 
     add_pretrain_parser(sub)
+
+    exp = sub.add_parser(
+        "export", help="write a TF Serving SavedModel (+ models.config) from a model directory",
+        description="Export a bert_rec model directory as EXPORT_DIR/<name>/<version>/ "
+                    "(SavedModel with explicit signatures, core TF ops only) plus models.config "
+                    "and a README with the docker command.")
+    exp.add_argument("--model", required=True, help="bert_rec model directory (bert-rec train)")
+    exp.add_argument("--out", required=True, metavar="EXPORT_DIR")
+    exp.add_argument("--name", default="bert_rec", help="model name in the server (default "
+                                                         "bert_rec)")
+    exp.add_argument("--version", type=int, help="version number (default: next free)")
+    exp.set_defaults(func=cmd_export)
+
+    req = sub.add_parser(
+        "request", help="print the TF Serving REST body for a user",
+        description="Build the REST predict body (columnar inputs) for one user with the "
+                    "export's own preprocessing assets; pipe it to curl -d @- "
+                    "http://HOST:8501/v1/models/NAME:predict")
+    req.add_argument("--export", required=True, metavar="EXPORT_DIR",
+                     help="export folder (or one <name>/<version> folder inside it)")
+    _add_data_args(req)
+    req.add_argument("--user", required=True, metavar="ID")
+    req.add_argument("-k", type=int, default=10)
+    req.add_argument("--signature", default="serving_default",
+                     choices=("serving_default", "recommend", "user_vector"))
+    req.set_defaults(func=cmd_request)
 
     init = sub.add_parser(
         "init-checkpoint",
@@ -176,18 +210,42 @@ def _add_data_args(parser):
                         help="bad input rows: stop with a message (default) or skip and count")
     parser.add_argument("--behavior-names", nargs="+", metavar="NAME",
                         help=f"extra behaviour names allowed besides {', '.join(DEFAULT_BEHAVIORS)}")
+    parser.add_argument("--hash-user-ids", metavar="SALT",
+                        help="pseudonymise user ids in everything written and printed: "
+                             "'u_' + 16 hex digits of HMAC-SHA256(SALT, id); --user takes raw ids")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show bad values of personal fields (user_id, text) in error "
+                             "messages and list the first skipped rows")
 
 
 def load_inputs(args):
     """Read and validate items and behaviours; returns (items, {user: behaviours})."""
+    verbose = getattr(args, "verbose", False)
+    salt = getattr(args, "hash_user_ids", None)
     items, item_report = read_items(args.items, on_error=args.on_error)
     names = tuple(DEFAULT_BEHAVIORS) + tuple(args.behavior_names or ())
     behaviors, behavior_report = read_behaviors(
         args.behaviors, on_error=args.on_error, behaviors=names,
-        item_ids={item.item_id for item in items})
+        item_ids={item.item_id for item in items}, verbose=verbose,
+        map_user_id=user_id_hasher(salt) if salt is not None else None)
     for report in (item_report, behavior_report):
         print(report.summary(), file=sys.stderr)
+        for example in report.examples if verbose else ():
+            print(f"  skipped: {example}", file=sys.stderr)
     return items, group_by_user(behaviors)
+
+
+def selected_users(args, histories):
+    """The user ids --user names, as keys of ``histories`` (hashed under --hash-user-ids).
+
+    A pseudonym already in ``histories`` is taken as it is, so the owner of the salt may pass
+    either form.
+    """
+    salt = getattr(args, "hash_user_ids", None)
+    if salt is None:
+        return list(args.user)
+    hasher = user_id_hasher(salt)
+    return [user if user in histories else hasher(user) for user in args.user]
 
 
 def cmd_recommend(args):
@@ -195,12 +253,13 @@ def cmd_recommend(args):
         raise UsageError(f"-k must be >= 1, got {args.k}")
     items, histories = load_inputs(args)
     if args.user:
-        unknown = [u for u in args.user if u not in histories]
+        wanted = selected_users(args, histories)
+        unknown = [u for u, key in zip(args.user, wanted) if key not in histories]
         if unknown:
             some = ", ".join(sorted(histories)[:5])
             raise UsageError(f"no behaviours for user(s) {', '.join(unknown)} in "
                              f"{args.behaviors}; users there include {some}")
-        histories = {u: histories[u] for u in args.user}
+        histories = {u: histories[u] for u in wanted}
     if not histories:
         raise UsageError(f"{args.behaviors}: no behaviours to recommend from")
 
@@ -210,16 +269,26 @@ def cmd_recommend(args):
     if args.include_seen:
         recommender.config.scoring.exclude_seen = False
     recommender.index_items(items)
-    results = recommender.recommend(histories, k=args.k, explain=args.explain)
-    print(f"recommended for {len(results)} user(s) from {len(items)} items in "
-          f"{time.time() - started:.1f} s", file=sys.stderr)
-
+    if args.index != "exact":
+        recommender.use_index(args.index)
     titles = {item.item_id: item.title for item in items}
-    if args.format == "json":
-        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
-    else:
-        text = format_table(results, histories, titles)
-    write_output(text, args.output)
+    served = []
+
+    def blocks():
+        """The output, RECOMMEND_CHUNK users at a time: memory is bounded for any user count."""
+        users = list(histories)
+        for start in range(0, len(users), RECOMMEND_CHUNK):
+            chunk = {u: histories[u] for u in users[start:start + RECOMMEND_CHUNK]}
+            results = recommender.recommend(chunk, k=args.k, explain=args.explain)
+            served.append(len(results))
+            if args.format == "json":
+                yield "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+            else:
+                yield ("\n" if start else "") + format_table(results, histories, titles)
+
+    write_output(blocks(), args.output)
+    print(f"recommended for {sum(served)} user(s) from {len(items)} items in "
+          f"{time.time() - started:.1f} s", file=sys.stderr)
 
 
 def format_table(results, histories, titles):
@@ -249,19 +318,17 @@ def _short(text, width):
 
 
 def write_output(text, path):
-    """Print to stdout, or write ``path`` via a temporary file and an atomic rename."""
+    """Print to stdout, or write ``path`` via a temporary file and an atomic rename.
+
+    ``text`` is a string or an iterable of strings (written as they come).
+    """
     if not path:
-        sys.stdout.write(text)
+        for piece in [text] if isinstance(text, str) else text:
+            sys.stdout.write(piece)
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path} is a directory; give a file name")
+    atomic.write_text(path, text)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -302,6 +369,29 @@ def cmd_evaluate(args):
     if args.plot:
         plot_results(report, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def cmd_export(args):
+    from .export import export  # noqa: PLC0415
+    path = export(args.model, args.out, name=args.name, version=args.version)
+    print(f"wrote {path} and {os.path.join(args.out, 'models.config')}", file=sys.stderr)
+
+
+def cmd_request(args):
+    items, histories = load_inputs(args)
+    user = selected_users(argparse.Namespace(**{**vars(args), "user": [args.user]}),
+                          histories)[0]
+    if user not in histories:
+        raise UsageError(f"no behaviours for user {args.user} in {args.behaviors}")
+    from .serving import ServingClient, rest_body  # noqa: PLC0415
+    client = ServingClient(args.export)
+    by_id = {item.item_id: item for item in items}
+    history = [histories[user]]
+    if args.signature == "user_vector":
+        inputs = client.user_inputs(history, by_id)
+    else:
+        inputs = client.recommend_inputs(history, by_id, k=args.k)
+    sys.stdout.write(json.dumps(rest_body(inputs, args.signature), ensure_ascii=False) + "\n")
 
 
 def cmd_init_checkpoint(args):

@@ -65,7 +65,10 @@ line), the field, the reason and what to do. With ``on_error="raise"`` (the
 default) the first bad row stops reading with an :class:`InputError`; with
 ``on_error="skip"`` bad rows are left out and counted by reason in the
 :class:`ReadReport`. Problems with the whole file (an unknown extension, a
-CSV header without a required column, a damaged gzip stream) always raise.
+CSV header without a required column, a damaged gzip stream, a file that can't be
+opened) always raise. Messages never quote the value of a behaviour's ``user_id`` or
+``text`` (personal data) unless ``read_behaviors(..., verbose=True)``. Files are only ever
+opened for reading.
 """
 
 from __future__ import annotations
@@ -123,6 +126,9 @@ DUPLICATE = "duplicate"
 SKIP_HINT = "Fix the row, or rerun with --on-error skip to skip bad rows."
 ENCODING_HINT = "Save the file as UTF-8, or rerun with --on-error skip to skip bad rows."
 READ_HINT = "Check that the file is complete and that a .gz file really is gzip-compressed."
+OPEN_HINT = "Check the path and that the file is readable."
+HIDDEN = "(value hidden: it may be personal data; rerun with --verbose to show it)"
+PRIVATE_FIELDS = ("text",)  # behaviour fields whose values error messages don't quote
 
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
@@ -396,7 +402,12 @@ def _iter_raw(path, required: Collection[str] = (),
               expected: Collection[str] = ()) -> Iterator[tuple[int, dict | InputError]]:
     """Yield (line, record or InputError for a malformed row) for every row of `path`."""
     fmt, compressed = _detect_format(path)
-    with _open_binary(path, compressed) as stream:
+    try:
+        stream = _open_binary(path, compressed)
+    except OSError as exc:
+        raise InputError(path, None, None, f"cannot open the file ({exc.strerror or exc})",
+                         hint=OPEN_HINT) from None
+    with stream:
         lines = _Lines(os.fspath(path), stream)
         if fmt == "csv":
             yield from _csv_records(lines.path, lines, required, expected or required)
@@ -429,8 +440,8 @@ def _show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _id_field(record: dict, name: str) -> str:
-    """Return a required id field as a stripped string (JSON integers accepted)."""
+def _id_field(record: dict, name: str, show: bool = True) -> str:
+    """Return a required id field as a stripped string (JSON integers accepted); see _text_field for `show`."""
     value = record.get(name)
     if _is_blank(value):
         raise _RowProblem(MISSING, name, "is missing or empty")
@@ -438,17 +449,22 @@ def _id_field(record: dict, name: str) -> str:
         return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise _RowProblem(WRONG_TYPE, name, f"expected a string or integer, found {_json_kind(value)} {_show(value)}")
+    shown = _show(value) if show else HIDDEN
+    raise _RowProblem(WRONG_TYPE, name, f"expected a string or integer, found {_json_kind(value)} {shown}")
 
 
-def _text_field(record: dict, name: str) -> str:
-    """Return an optional text field as a stripped string; missing means ''."""
+def _text_field(record: dict, name: str, show: bool = True) -> str:
+    """Return an optional text field as a stripped string; missing means ''.
+
+    A bad value is quoted in the error only when `show` (behaviour texts are personal data).
+    """
     value = record.get(name)
     if value is None:
         return ""
     if isinstance(value, str):
         return value.strip()
-    raise _RowProblem(WRONG_TYPE, name, f"expected a string, found {_json_kind(value)} {_show(value)}")
+    shown = _show(value) if show else HIDDEN
+    raise _RowProblem(WRONG_TYPE, name, f"expected a string, found {_json_kind(value)} {shown}")
 
 
 def _title_field(record: dict) -> str:
@@ -656,11 +672,16 @@ def _check_rating_range(rating_range: tuple[float, float] | None) -> tuple[float
 
 def read_behaviors(path, on_error: str = "raise", behaviors: Iterable[str] = DEFAULT_BEHAVIORS,
                    item_ids: Collection[str] | None = None,
-                   rating_range: tuple[float, float] | None = (0.0, 5.0)) -> tuple[list[Behavior], ReadReport]:
+                   rating_range: tuple[float, float] | None = (0.0, 5.0), *,
+                   map_user_id: Callable[[str], str] | None = None,
+                   verbose: bool = False) -> tuple[list[Behavior], ReadReport]:
     """Read and check the behaviours file; return the behaviours in file order and a report.
 
     `behaviors` is the full set of allowed names (DEFAULT_BEHAVIORS plus any extras);
     when `item_ids` is given, rows about other items are errors ("unknown item_id").
+    `map_user_id` replaces every user id as it is read (e.g. ``privacy.user_id_hasher``), so
+    the raw ids are never kept. Error messages quote no value of a user_id or text field
+    (personal data) unless `verbose`.
     """
     _check_on_error(on_error)
     allowed = _allowed_behaviors(behaviors)
@@ -669,19 +690,26 @@ def read_behaviors(path, on_error: str = "raise", behaviors: Iterable[str] = DEF
         item_ids = frozenset(item_ids)
     source = os.fspath(path)
     now = time.time()
+    # One string object per distinct id (a big log repeats them a lot); user ids mapped once.
+    users: dict[str, str] = {}
+    items: dict[str, str] = {}
 
     def parse(record: dict, line: int) -> Behavior:
         """Build a Behavior from one raw record."""
-        user_id = _id_field(record, "user_id")
+        user_id = _id_field(record, "user_id", show=verbose)
         item_id = _id_field(record, "item_id")
         name = _behavior_field(record, allowed)
         timestamp = _timestamp_field(record, now)
         rating = _rating_field(record, rating_range)
-        text = _text_field(record, "text")
+        text = _text_field(record, "text", show=verbose)
         if item_ids is not None and item_id not in item_ids:
             raise _RowProblem(UNKNOWN_ITEM, "item_id", f"item_id {item_id!r} is not in the items file",
                               hint="Add the item to the items file, fix the row, or rerun with "
                                    "--on-error skip to skip bad rows.")
+        if user_id not in users:
+            users[user_id] = map_user_id(user_id) if map_user_id else user_id
+        user_id = users[user_id]
+        item_id = items.setdefault(item_id, item_id)
         return Behavior(user_id, item_id, name, timestamp, rating, text, source=source, line=line)
 
     report = ReadReport(source)

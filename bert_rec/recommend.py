@@ -25,8 +25,8 @@ import numpy as np
 
 from .backend import tf
 from .checkpoint import CONFIG_NAME as BERT_CONFIG_NAME
-from .checkpoint import (CheckpointError, find_checkpoint, replace_dir, staging_dir,
-                         write_checkpoint_files)
+from .checkpoint import (CheckpointError, find_checkpoint, read_arrays, read_lines, replace_dir,
+                         staging_dir, write_checkpoint_files)
 from .config import CONFIG_NAME, ModelConfig
 from .layers import AttentionPooling, CosineSimilarity, ItemTower, WeightedPooling
 from .models import TextEncoder
@@ -37,6 +37,7 @@ HEAD_NAME = "head.npz"
 ITEM_IDS_NAME = "item_ids.txt"
 ITEM_VECTORS_NAME = "item_vectors.npy"
 ITEM_KEYS_NAME = "item_vectors.keys"
+ITEM_VECTOR_IDS_NAME = "item_vectors.ids"
 
 
 @dataclasses.dataclass
@@ -170,6 +171,7 @@ class Recommender:
         self.item_index = {}
         self.item_vectors = np.zeros((0, encoder.dim), dtype=np.float32)
         self.raw_item_vectors = np.zeros((0, encoder.dim), dtype=np.float32)
+        self.index = None  # an index.ItemIndex when use_index() picked a faiss backend
 
     @property
     def trained(self):
@@ -228,6 +230,21 @@ class Recommender:
         self.raw_item_vectors = raw
         return raw
 
+    def stored_catalogue(self):
+        """(item ids, encoder vectors [M, H]) of the catalogue saved in the model directory."""
+        path = os.path.join(self.model_dir or "", ITEM_VECTOR_IDS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{self.model_dir}: no indexed catalogue saved ({ITEM_VECTOR_IDS_NAME}"
+                             f"); save the model after index_items(items), e.g. with bert-rec "
+                             f"train")
+        with open(path, encoding="utf-8") as f:
+            ids = [line.rstrip("\n") for line in f]
+        vectors = np.load(os.path.join(self.model_dir, ITEM_VECTORS_NAME), allow_pickle=False)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{path} lists {len(ids)} items but {ITEM_VECTORS_NAME} has "
+                             f"{len(vectors)} rows: the files come from different saves")
+        return ids, vectors
+
     def _stored_item_vectors(self):
         """{text fingerprint: encoder vector [H]} saved in the model directory, if any."""
         if not self.model_dir:
@@ -236,9 +253,9 @@ class Recommender:
         keys_path = os.path.join(self.model_dir, ITEM_KEYS_NAME)
         if not (os.path.isfile(vectors_path) and os.path.isfile(keys_path)):
             return {}
-        vectors = np.load(vectors_path, allow_pickle=False)
-        with open(keys_path, encoding="utf-8") as f:
-            keys = [line.strip() for line in f]
+        hint = f"delete {ITEM_VECTORS_NAME} and {ITEM_KEYS_NAME} to re-encode the items"
+        vectors = read_arrays(vectors_path, hint=hint)
+        keys = [line.strip() for line in read_lines(keys_path, hint=hint)]
         if len(keys) != len(vectors) or vectors.shape[1:] != (self.encoder.dim,):
             raise ValueError(f"{vectors_path} does not match {keys_path} or the encoder: the "
                              f"files come from different saves; delete both to re-encode")
@@ -257,6 +274,8 @@ class Recommender:
             self.tower.set_affine(mean, kernel)
         id_rows = [self.id_vocab.get(item.item_id, self.tower.num_ids) for item in self.items]
         self.item_vectors = self.project(raw, id_rows)  # [M, D]
+        if self.index is not None:
+            self.use_index(self.index_backend, **self.index_options)
         return self
 
     def project(self, raw, id_rows=None):
@@ -284,15 +303,20 @@ class Recommender:
         text_rows, text_vectors = self._encode_behavior_texts(histories)
         return np.concatenate([self.item_vectors, text_vectors]), text_rows
 
-    def _score_batch(self, table, text_rows, batch):
-        """Score a batch of histories: (units per user, alpha [B, N], interest [B, D], [B, M])."""
+    def _score_batch(self, table, text_rows, batch, with_scores=True):
+        """Score a batch of histories: (units per user, alpha [B, N], interest [B, D], [B, M]).
+
+        Without ``with_scores`` the [B, M] block is not computed (None): an index retrieves.
+        """
         units = [user_units(h, self.config.scoring, self.item_index, text_rows) for h in batch]
         rows, weights = pad_units([(u[1], u[2]) for u in units])  # [B, N], [B, N]
         vectors = tf.constant(table[rows])  # [B, N, D]
         weights = tf.constant(weights)
         alpha = self.pooling.attention(vectors, weights).numpy()  # [B, N]
         interest = self.pooling([vectors, weights])  # [B, D]
-        scores = self.cosine([interest, tf.constant(self.item_vectors)]).numpy()  # [B, M]
+        scores = None
+        if with_scores:
+            scores = self.cosine([interest, tf.constant(self.item_vectors)]).numpy()  # [B, M]
         return units, alpha, interest.numpy(), scores
 
     def _user_batches(self, n_users, batch_users=256):
@@ -308,6 +332,18 @@ class Recommender:
                   for i in range(0, len(histories), step)]
         return np.concatenate(blocks) if blocks else np.zeros((0, len(self.items)), np.float32)
 
+    def use_index(self, backend="exact", **options):
+        """Retrieve top-k with an ``index.ItemIndex`` (e.g. ``faiss-hnsw`` for large catalogues)
+        instead of scoring every item with the CosineSimilarity layer; ``exact`` switches back.
+        """
+        from .index import ItemIndex  # noqa: PLC0415
+        self.index_backend, self.index_options = backend, options
+        self.index = None
+        if backend != "exact":
+            self.index = ItemIndex(self.item_vectors.shape[1], backend, **options)
+            self.index.add([item.item_id for item in self.items], self.item_vectors)
+        return self
+
     def recommend(self, histories, k=10, explain=3):
         """``histories``: {user_id: time-sorted behaviours} -> list of UserRecommendations."""
         if not len(self.items):
@@ -315,36 +351,42 @@ class Recommender:
         user_ids = list(histories)
         table, text_rows = self._unit_table(histories.values())
         step = self._user_batches(len(user_ids))
+        index = self.index
         results = []
         with progress_bar(total=len(user_ids), desc="scoring users", unit="user") as bar:
             for start in range(0, len(user_ids), step):
                 batch = user_ids[start:start + step]
                 units, alpha, interest, scores = self._score_batch(
-                    table, text_rows, [histories[u] for u in batch])
+                    table, text_rows, [histories[u] for u in batch], with_scores=index is None)
+                seen = [self._seen_rows(histories[u]) for u in batch]
+                if index is None:
+                    tops = [_top_rows(scores[b], seen[b], k) for b in range(len(batch))]
+                else:
+                    rows, values = index.search(interest, k, exclude=seen)
+                    tops = [(r[r >= 0], v[r >= 0]) for r, v in zip(rows, values)]
                 for b, user_id in enumerate(batch):
                     recent, unit_rows, _, owners = units[b]
                     explained = (recent, table[unit_rows], alpha[b, :len(unit_rows)], owners)
-                    results.append(self._top_k(user_id, histories[user_id], explained,
-                                               interest[b], scores[b], k, explain))
+                    results.append(self._explain(user_id, tops[b], explained, interest[b],
+                                                 explain))
                 bar.update(len(batch))
         return results
 
-    def _top_k(self, user_id, behaviors, units, interest, scores, k, explain):
-        """Top-k items of one user's score row [M], each explained by its behaviours."""
-        scores = scores.copy()
-        if self.config.scoring.exclude_seen:
-            seen = [self.item_index[b.item_id] for b in behaviors]
-            scores[seen] = -np.inf
-        k = min(k, int(np.isfinite(scores).sum()))
-        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=int)
-        top = top[np.lexsort((top, -scores[top]))]  # by score, ties by catalogue order
+    def _seen_rows(self, behaviors):
+        """Catalogue rows to exclude for a user (their items, unless exclude_seen is off)."""
+        if not self.config.scoring.exclude_seen:
+            return []
+        return sorted({self.item_index[b.item_id] for b in behaviors})
+
+    def _explain(self, user_id, top, units, interest, explain):
+        """UserRecommendations for the chosen (rows, scores), each explained by its behaviours."""
         recent, vectors, alpha, owners = units
         recs = []
-        for i in top:
+        for i, score in zip(*top):
             item = self.items[i]
             shares = self._shares(interest, vectors, alpha, owners, len(recent), i)
             because = _merge_because(recent, shares, self.encoder.pipeline)[:explain]
-            recs.append(Recommendation(item.item_id, float(scores[i]), item.title, because))
+            recs.append(Recommendation(item.item_id, float(score), item.title, because))
         return UserRecommendations(user_id, recs)
 
     def _shares(self, interest, vectors, alpha, owners, n_behaviors, item_row):
@@ -363,11 +405,13 @@ class Recommender:
         return per_behavior / total if abs(total) > 1e-12 else per_behavior
 
     # -- saving -------------------------------------------------------------------------------
-    def save(self, out_dir, keep=()):
+    def save(self, out_dir, keep=(), keras_models=True):
         """Write a model directory, atomically: bert_rec.json, the encoder checkpoint (Google
         format), vocab, stopwords, user dictionary and the head (item tower, attention, item-id
         vocabulary). A zero-shot model indexed on a catalogue keeps its fitted whitening.
-        Entries of an existing ``out_dir`` named in ``keep`` are carried over.
+        Entries of an existing ``out_dir`` named in ``keep`` are carried over. With
+        ``keras_models``, also whole Keras models (``item_encoder.h5``, ``user_scorer.h5``) that
+        ``tf_keras.models.load_model(path, custom_objects=bert_rec.custom_objects)`` reads.
         """
         files = self.encoder.files
         with open(files.vocab_path, encoding="utf-8") as f:
@@ -388,6 +432,11 @@ class Recommender:
                     np.save(f, self.raw_item_vectors, allow_pickle=False)
                 with open(os.path.join(tmp, ITEM_KEYS_NAME), "w", encoding="utf-8") as f:
                     f.writelines(_fingerprint(item.full_text()) + "\n" for item in self.items)
+                with open(os.path.join(tmp, ITEM_VECTOR_IDS_NAME), "w", encoding="utf-8") as f:
+                    f.writelines(item.item_id + "\n" for item in self.items)
+            if keras_models and self.tower is not None:
+                from .export import save_keras_models  # noqa: PLC0415  (export imports us)
+                save_keras_models(self, tmp)
             config = dataclasses.replace(self.config, text=dataclasses.replace(
                 text, stopwords_path=None, extra_stopwords_path=None, user_dict_path=None))
             config.save(os.path.join(tmp, CONFIG_NAME))
@@ -414,11 +463,9 @@ def save_head(out_dir, tower, attention, id_vocab):
 def load_head(path, config):
     """(ItemTower, AttentionPooling or None, id vocab) from a model directory's head.npz."""
     head_path = os.path.join(path, HEAD_NAME)
-    with np.load(head_path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    arrays = read_arrays(head_path)
     ids_path = os.path.join(path, ITEM_IDS_NAME)
-    with open(ids_path, encoding="utf-8") as f:
-        id_vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.strip()}
+    id_vocab = {line: i for i, line in enumerate(read_lines(ids_path)) if line.strip()}
     kernel = arrays["tower_kernel"]  # [H, D]
     if len(id_vocab) != len(arrays["tower_id_embeddings"]):
         raise ValueError(f"{ids_path} lists {len(id_vocab)} items but {head_path} has "
@@ -449,6 +496,16 @@ def _model_dir_text_config(path, text_config):
     if os.path.isfile(os.path.join(path, "userdict.txt")):
         changes["user_dict_path"] = os.path.join(path, "userdict.txt")
     return dataclasses.replace(text_config, **changes)
+
+
+def _top_rows(scores, seen, k):
+    """(rows, scores) of the k best unseen items of one score row [M], ties by catalogue order."""
+    scores = scores.copy()
+    scores[seen] = -np.inf
+    k = min(k, int(np.isfinite(scores).sum()))
+    top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=int)
+    top = top[np.lexsort((top, -scores[top]))]
+    return top, scores[top]
 
 
 def _merge_because(recent, shares, pipeline):

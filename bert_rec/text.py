@@ -27,7 +27,10 @@ normalised string (:meth:`TextPipeline.normalize`) and into a list of content wo
    mobile numbers (``1[3-9]`` + 9 digits, optionally with a ``+86``/``86``/``0086``
    prefix and spaces or dashes, e.g. ``+86 138-0013-8000``); landlines
    (``010-12345678``, ``(0755)1234567``); WeChat/QQ ids written after a keyword
-   (``微信``, ``vx``, ``wx``, ``weixin``, ``qq``, ``QQ号``, ``扣扣`` ...; the keyword goes too).
+   (``微信``, ``vx``, ``wx``, ``weixin``, ``qq``, ``QQ号``, ``扣扣`` ..., optionally followed by
+   ``:``, ``是`` or ``为``, as in ``微信是 zhangsan_88``; the keyword goes too).
+   street addresses where recognisable (``建国路88号3号楼501室``, ``阳光小区3栋2单元501``:
+   the street and the numbers go, the city and district before them stay).
    Numbers are matched only as whole digit runs, so longer numbers are left alone;
    the price list ``1999 2999 3999 4999`` looks like a bank card and is removed.
 7. Whitespace runs collapse to one space, the ends are stripped and the text is cut
@@ -122,11 +125,20 @@ _MOBILE_RE = re.compile(rf"(?<!\d)(?:(?:\+|00)?86{_SEP})?1[3-9]\d{_SEP}\d{{4}}{_
 _LANDLINE_RE = re.compile(r"(?<!\d)(?:0\d{2,3}[ \-]|\(0\d{2,3}\) ?)\d{7,8}(?!\d)")
 _IM_ID_RE = re.compile(
     r"(?<![a-z])(?:微信(?:号码?)?|威信|薇信|v信|vx|wx|weixin|wechat|qq(?:号码?)?|扣扣(?:号)?|企鹅号)"
-    r" {0,3}[:：]? {0,3}[a-z0-9_\-]{5,30}(?![a-z0-9_\-])",
+    r" {0,3}(?:[:：]|是|为|為)? {0,3}[a-z0-9_\-]{5,30}(?![a-z0-9_\-])",
     re.IGNORECASE,
 )
 # Order matters: e-mails first (their digits are not phone numbers), long numbers before short.
-_PII_PATTERNS = (_EMAIL_RE, _ID_CARD_RE, _BANK_CARD_RE, _MOBILE_RE, _LANDLINE_RE, _IM_ID_RE)
+# Street addresses where recognisable: "<street>路/街/道/巷/弄 88号" plus building/unit/room
+# numbers, or "3栋2单元501室"; the city and district names before them are kept.
+_ADDRESS_RE = re.compile(
+    r"(?:(?![省市区區县縣镇鎮乡鄉村])[\u4e00-\u9fff]){1,4}(?:路|街|大道|巷|弄|胡同) ?\d{1,5} ?[号號]"
+    r"(?: ?[a-z]?\d{1,4} ?(?:号楼|栋|棟|幢|座|单元|單元|楼|樓|层|室|号|號))*"
+    r"|\d{1,4} ?(?:号楼|栋|棟|幢|座) ?\d{1,3} ?(?:单元|單元) ?\d{1,4} ?[室号號]?",
+    re.IGNORECASE,
+)
+_PII_PATTERNS = (_EMAIL_RE, _ID_CARD_RE, _BANK_CARD_RE, _MOBILE_RE, _LANDLINE_RE, _IM_ID_RE,
+                 _ADDRESS_RE)
 
 # --- step 7 ----------------------------------------------------------------------------
 _WHITESPACE_RE = re.compile(r"\s+")

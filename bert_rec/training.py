@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from .atomic import write_text
 from .backend import keras, tf
 from .evaluation import evaluate_scores, leave_last_out
 from .layers import AttentionPooling, CosineSimilarity, ItemTower
@@ -272,7 +273,10 @@ class Trainer:
         cfg = self.config
         state_dir = os.path.join(out_dir, STATE_DIR)
         manager = tf.train.CheckpointManager(self.state, os.path.join(state_dir, "last"), 1)
+        # The best epoch's weights, also through a manager: each save is a new ckpt-N prefix and
+        # the pointer file is replaced atomically, so a kill never leaves a half-written best.
         best = tf.train.Checkpoint(**self.trained_parts)
+        best_manager = tf.train.CheckpointManager(best, os.path.join(state_dir, "best"), 1)
         history = self._start(state_dir, manager, resume)
         best_ndcg = max((h["val_ndcg"] for h in history), default=-1.0)
         bad_epochs = _epochs_since_best(history)
@@ -300,17 +304,21 @@ class Trainer:
             history.append(record)
             if record["val_ndcg"] > best_ndcg:
                 best_ndcg, bad_epochs = record["val_ndcg"], 0
-                best.write(os.path.join(state_dir, "best", "ckpt"))
+                best_manager.save(checkpoint_number=epoch + 1)
             else:
                 bad_epochs += 1
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, val NDCG@{cfg.k} "
                   f"{record['val_ndcg']:.4f}, HR@{cfg.k} {record['val_hr']:.4f} "
                   f"({record['seconds']:.0f} s)", file=self.log)
+            # History first, then the state that marks the epoch finished: a kill in between
+            # leaves one history entry too many, which --resume drops and recomputes.
+            _write_json(os.path.join(state_dir, "history.json"), history)
             self.epoch.assign(epoch + 1)
             manager.save()
-            _write_json(os.path.join(state_dir, "history.json"), history)
             plot_curves(history, os.path.join(state_dir, CURVES_NAME), cfg.k)
-        best.read(os.path.join(state_dir, "best", "ckpt")).expect_partial()
+        # (a run started before the best weights went through a manager wrote best/ckpt)
+        best.read(best_manager.latest_checkpoint or os.path.join(state_dir, "best", "ckpt")
+                  ).expect_partial()
         return history
 
     def _start(self, state_dir, manager, resume):
@@ -322,7 +330,7 @@ class Trainer:
                                  f"--resume to start")
             self.state.restore(manager.latest_checkpoint).expect_partial()
             with open(history_path, encoding="utf-8") as f:
-                history = json.load(f)
+                history = json.load(f)[:int(self.epoch.numpy())]  # epochs the state holds
             print(f"resuming after epoch {int(self.epoch.numpy())}", file=self.log)
             return history
         if manager.latest_checkpoint:
@@ -343,11 +351,7 @@ def _epochs_since_best(history):
 
 def _write_json(path, data):
     """Write JSON via a temporary file and an atomic rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def plot_curves(history, path, k):

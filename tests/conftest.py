@@ -3,8 +3,15 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("BERT_REC_PROGRESS", "0")
+
+# Property tests: the same examples on every run (CI is deterministic), no per-example deadline
+# (the first call loads jieba's dictionary), no example database written into the checkout.
+settings.register_profile("bert_rec", derandomize=True, deadline=None, database=None,
+                          max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("bert_rec")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")

@@ -1,0 +1,130 @@
+"""Client side of a TF Serving export: raw behaviour records -> the exact request.
+
+The text pipeline, vocabulary and weights come from the export's own ``assets/`` (the files the
+model was trained with), so a request built here is preprocessed exactly as ``bert-rec recommend``
+preprocesses the same user. Bodies follow TF Serving's REST predict API in columnar form
+(``{"signature_name": ..., "inputs": {...}}``); ``predict_request`` builds the gRPC
+``PredictRequest`` (tensorflow-serving-api).
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from .config import CONFIG_NAME, ModelConfig
+from .recommend import pad_units, user_units
+from .text import TextPipeline
+from .tokenization import encode_texts, load_tokenizer
+
+
+def version_dir(export_path):
+    """A SavedModel version folder: ``export_path`` itself or its newest ``<name>/<version>``."""
+    if os.path.isfile(os.path.join(export_path, "saved_model.pb")):
+        return export_path
+    from .export import latest_version  # noqa: PLC0415  (imports TensorFlow)
+    return latest_version(export_path)
+
+
+class ServingClient:
+    """Builds requests for one export's signatures."""
+
+    def __init__(self, export_path):
+        self.path = version_dir(export_path)
+        assets = os.path.join(self.path, "assets")
+        self.config = ModelConfig.load(os.path.join(assets, CONFIG_NAME))
+        text = dataclasses.replace(
+            self.config.text, stopwords_path=os.path.join(assets, "stopwords.txt"),
+            extra_stopwords_path=None,
+            user_dict_path=_existing(os.path.join(assets, "userdict.txt")))
+        self.pipeline = TextPipeline(text)
+        self.tokenizer = load_tokenizer(os.path.join(assets, "vocab.txt"))
+        with open(os.path.join(assets, "bert_config.json"), encoding="utf-8") as f:
+            self.max_position = int(json.load(f).get("max_position_embeddings", 512))
+
+    def user_inputs(self, histories, items_by_id):
+        """Time-sorted behaviour lists [B] -> behavior_token_ids / _item_ids / _weights.
+
+        Units are exactly ``recommend.user_units``'s: each of the latest ``max_history``
+        behaviours gives its item (by id, with the item's text tokens for items the export's
+        index lacks) and, when its text cleans to something, the text.
+        """
+        sources, item_rows = [], {}
+        for behaviors in histories:
+            for b in behaviors:
+                if b.item_id not in item_rows:
+                    item_rows[b.item_id] = len(sources)
+                    sources.append(("item", b.item_id))
+        raw_texts = sorted({b.text for behaviors in histories for b in behaviors if b.text})
+        text_rows = {}
+        for raw, cleaned in zip(raw_texts, self.pipeline.clean_many(raw_texts)):
+            if cleaned:
+                text_rows[raw] = len(sources)
+                sources.append(("text", cleaned))
+        tokens = self._source_tokens(sources, items_by_id)
+        units = [user_units(h, self.config.scoring, item_rows, text_rows) for h in histories]
+        rows, weights = pad_units([(u[1], u[2]) for u in units])  # [B, N]
+        length = max((len(tokens[r]) for r in rows.ravel()), default=2)
+        token_ids = np.zeros(rows.shape + (length,), np.int32)  # [B, N, L]
+        item_ids = np.full(rows.shape, "", dtype=object)  # [B, N]
+        for (b, n), row in np.ndenumerate(rows):
+            if weights[b, n] > 0:
+                token_ids[b, n, :len(tokens[row])] = tokens[row]
+                kind, value = sources[row]
+                item_ids[b, n] = value if kind == "item" else ""
+        return {"behavior_token_ids": token_ids, "behavior_item_ids": item_ids,
+                "behavior_weights": weights}
+
+    def _source_tokens(self, sources, items_by_id):
+        """Token ids of each unit source: item feature texts and cleaned behaviour texts."""
+        item_len = min(self.config.item_max_len, self.max_position)
+        text_len = min(self.config.text_max_len, self.max_position)
+        items = [value for kind, value in sources if kind == "item"]
+        missing = [i for i in items if i not in items_by_id]
+        if missing:
+            raise ValueError(f"behaviours refer to item(s) {', '.join(missing[:5])} that are not "
+                             f"in the items file: pass the catalogue the behaviours come from")
+        item_texts = self.pipeline.clean_many([items_by_id[i].full_text() for i in items])
+        item_tokens = iter(encode_texts(self.tokenizer, item_texts, item_len))
+        texts = [value for kind, value in sources if kind == "text"]
+        text_tokens = iter(encode_texts(self.tokenizer, texts, text_len))
+        return [next(item_tokens) if kind == "item" else next(text_tokens)
+                for kind, _ in sources]
+
+    def recommend_inputs(self, histories, items_by_id, k=10):
+        """Inputs of the ``recommend`` / ``serving_default`` signature."""
+        inputs = self.user_inputs(histories, items_by_id)
+        seen = [list(dict.fromkeys(b.item_id for b in h)) if self.config.scoring.exclude_seen
+                else [] for h in histories]
+        width = max((len(s) for s in seen), default=0)
+        exclude = np.full((len(histories), max(width, 1)), "", dtype=object)  # [B, E]
+        for b, items in enumerate(seen):
+            exclude[b, :len(items)] = items
+        inputs.update(exclude_item_ids=exclude, k=np.int32(k))
+        return inputs
+
+
+def rest_body(inputs, signature="serving_default"):
+    """TF Serving REST predict body in columnar form."""
+    return {"signature_name": signature,
+            "inputs": {name: np.asarray(value).tolist() for name, value in inputs.items()}}
+
+
+def predict_request(inputs, model_name, signature="serving_default"):
+    """The gRPC ``tensorflow.serving.PredictRequest`` for the same inputs."""
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        if value.dtype == object:
+            value = value.astype(bytes) if value.size else np.zeros(value.shape, dtype=bytes)
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def _existing(path):
+    return path if os.path.isfile(path) else None
