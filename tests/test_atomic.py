@@ -58,6 +58,7 @@ while True:
     bert.set_weights(versions[i % 2])
     rec.save(model_target)
     save_checkpoint(rec.encoder.transformer, rec.encoder.files.config, vocab, ckpt_target)
+    print("saved", flush=True)
     i += 1
 """
 SCALE = 1.01  # version B of the encoder: every weight of version A times this
@@ -95,11 +96,13 @@ def _go(proc):
     proc.stdin.flush()
 
 
-def _writers(script, *args, kills, seed, ahead=2):
+def _writers(script, *args, kills, seed, ahead=2, first_save=False):
     """Return an iterator over ``kills`` writers, each yielded right after its SIGKILL.
 
     Writers are started ``ahead`` at a time (a TensorFlow import takes seconds), the first ones
-    right away; each waits until the one before it is dead before it writes.
+    right away; each waits until the one before it is dead before it writes. With
+    ``first_save``, the first writer is killed only after it printed "saved" (one complete
+    save), so a loaded machine can't make every kill land before any save finished.
     """
     rng = random.Random(seed)
     queue = [_spawn(script, *args) for _ in range(min(ahead, kills))]
@@ -111,6 +114,8 @@ def _writers(script, *args, kills, seed, ahead=2):
                 _go(proc)
                 if kill + len(queue) + 1 < kills:
                     queue.append(_spawn(script, *args))
+                if first_save and kill == 0:
+                    assert _read_line(proc, proc.stdout, 600).strip() == "saved"
                 time.sleep(rng.uniform(0.05, 1.5))
                 _kill(proc)
                 yield proc
@@ -207,7 +212,7 @@ def test_model_and_checkpoint_are_old_or_new_after_sigkill(tiny_ckpt, tmp_path):
              [Behavior("w", "v5", "comment", 1e9, text="篮球 比赛 精彩")]]
     model, ckpt = str(tmp_path / "model"), str(tmp_path / "ckpt")
     writers = _writers(WRITE_MODELS, model, ckpt, tiny_ckpt, ",".join(TITLES), SCALE, kills=5,
-                       seed=SEED + 1)  # they set up while we compute what to expect
+                       seed=SEED + 1, first_save=True)  # they set up while we compute what to expect
     rec = Recommender.load(tiny_ckpt).index_items(items)
     bert = rec.encoder.transformer.model
     weights = bert.get_weights()
