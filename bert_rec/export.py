@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -61,7 +62,9 @@ def save_keras_models(rec, directory):
     """Write item_encoder.h5 and user_scorer.h5 into ``directory`` (a staging directory)."""
     for model in build_keras_models(rec):
         name = ITEM_ENCODER_NAME if model.name == "item_encoder" else USER_SCORER_NAME
-        model.save(os.path.join(directory, name), save_format="h5", include_optimizer=False)
+        with warnings.catch_warnings():  # .h5 is asked for by name: no "legacy format" notice
+            warnings.filterwarnings("ignore", message="You are saving your model as an HDF5")
+            model.save(os.path.join(directory, name), save_format="h5", include_optimizer=False)
 
 
 def load_keras_models(model_dir):
