@@ -153,13 +153,29 @@ def replace_dir(src, dst, keep=()):
 def write_text(path, text):
     """Write ``text`` (UTF-8; a string or an iterable of strings) to ``path`` via a temporary
     file beside it and an atomic rename."""
+    chunks = [text] if isinstance(text, str) else text
+    return _write(path, lambda f: f.writelines(chunk.encode("utf-8") for chunk in chunks))
+
+
+def write_bytes(path, data):
+    """Write ``data`` to ``path`` via a temporary file beside it and an atomic rename."""
+    return _write(path, lambda f: f.write(data))
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """Save a matplotlib figure as PNG at ``path``, atomically."""
+    return _write(path, lambda f: fig.savefig(f, format="png", **savefig_kwargs))
+
+
+def _write(path, fill):
+    """Create a temporary file beside ``path``, ``fill(binary file)``, then rename it over."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=os.path.dirname(path))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines([text] if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException:

@@ -9,6 +9,7 @@ import time
 
 from . import atomic
 from .data import DEFAULT_BEHAVIORS, InputError, group_by_user, read_behaviors, read_items
+from .index import BACKENDS as INDEX_BACKENDS
 from .privacy import user_id_hasher
 from .training_config import (CONTINUE_LEARNING_RATE, OBJECTIVES, SCRATCH_LEARNING_RATE,
                               TrainConfig)
@@ -60,7 +61,7 @@ def build_parser():
     rec.add_argument("--output", metavar="FILE", help="write here (atomically) instead of stdout")
     rec.add_argument("--pooling", choices=("mean", "cls", "pooler"),
                      help="override the model's pooling (default: the model's, or mean)")
-    rec.add_argument("--index", choices=("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"),
+    rec.add_argument("--index", choices=INDEX_BACKENDS,
                      default="exact",
                      help="top-k retrieval: exact (default: every item scored by the cosine "
                           "layer) or a faiss index (faiss-hnsw/-ivf: approximate, for large "

@@ -4,8 +4,8 @@ evaluation.py holds the TF-free protocol, metrics and baselines; this module add
 models (the given model and its zero-shot form) and the bar chart.
 """
 
-import os
 
+from .atomic import save_figure
 from .evaluation import evaluate_scores, run_baselines
 from .recommend import Recommender
 
@@ -54,7 +54,5 @@ def plot_results(report, path):
     ax.set_title(f"leave-last-out, {report['users_evaluated']} users, full ranking")
     ax.legend()
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
-    fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

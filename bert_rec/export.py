@@ -24,7 +24,7 @@ import numpy as np
 
 from .backend import custom_objects as bert4keras_objects
 from .backend import keras, tf
-from .checkpoint import replace_dir
+from .atomic import replace_dir, staging_dir, write_text
 from .config import CONFIG_NAME
 from .layers import custom_objects as layer_objects
 from .recommend import Recommender
@@ -191,12 +191,10 @@ def export(model_dir, export_dir, name="bert_rec", version=None):
     """
     rec = Recommender.load(model_dir)
     ids, raw = rec.stored_catalogue()
-    rec.items = []  # the index comes from the stored catalogue; no Item objects needed
-    id_rows = [rec.id_vocab.get(item_id, rec.tower.num_ids) for item_id in ids] \
-        if rec.tower is not None else None
     if rec.tower is None:
         raise ValueError(f"{model_dir}: no item tower saved (head.npz); save the model after "
                          f"index_items, e.g. with bert-rec train")
+    id_rows = [rec.id_vocab.get(item_id, rec.tower.num_ids) for item_id in ids]
     vectors = rec.project(raw, id_rows)  # [M, D]
     base = os.path.join(export_dir, name)
     os.makedirs(base, exist_ok=True)
@@ -204,24 +202,23 @@ def export(model_dir, export_dir, name="bert_rec", version=None):
         existing = [int(v) for v in os.listdir(base) if v.isdigit()]
         version = max(existing, default=0) + 1
     target = os.path.join(base, str(version))
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    staged = staging_dir(target)
     try:
-        module = ServingModule(rec, ids, vectors)
-        module.assets = [tf.saved_model.Asset(p) for p in _asset_files(model_dir, tmp)]
-        tf.saved_model.save(module, os.path.join(tmp, "model"), signatures=module.signatures())
-        staged = os.path.join(tmp, "model")
+        with tempfile.TemporaryDirectory() as sources:
+            module = ServingModule(rec, ids, vectors)
+            module.assets = [tf.saved_model.Asset(p) for p in _asset_files(model_dir, sources)]
+            tf.saved_model.save(module, staged, signatures=module.signatures())
         replace_dir(staged, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _write_text(os.path.join(export_dir, "models.config"), _models_config(export_dir, name))
-    _write_text(os.path.join(export_dir, "README.md"), _readme(name, version))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    write_text(os.path.join(export_dir, "models.config"), _models_config(export_dir, name))
+    write_text(os.path.join(export_dir, "README.md"), _readme(name, version))
     return target
 
 
-def _asset_files(model_dir, tmp):
-    """Copy the preprocessing files into ``tmp/assets-src`` and return their paths."""
-    src = os.path.join(tmp, "assets-src")
-    os.makedirs(src)
+def _asset_files(model_dir, src):
+    """Copy the preprocessing files into the folder ``src`` and return their paths."""
     paths = []
     for name in (CONFIG_NAME, "vocab.txt", "stopwords.txt", "userdict.txt", "bert_config.json"):
         path = os.path.join(model_dir, name)
@@ -229,14 +226,6 @@ def _asset_files(model_dir, tmp):
             shutil.copyfile(path, os.path.join(src, name))
             paths.append(os.path.join(src, name))
     return paths
-
-
-def _write_text(path, text):
-    """Write a text file via a temporary name and an atomic rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _models_config(export_dir, name):

@@ -21,7 +21,7 @@ import shutil
 
 import numpy as np
 
-from .checkpoint import replace_dir, staging_dir
+from .atomic import replace_dir, staging_dir
 
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 META_NAME = "index.json"

@@ -30,12 +30,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from .backend import Tokenizer, build_transformer_model, keras, reset_initializer_counter, tf
+from .atomic import write_text
 from .checkpoint import (CheckpointError, bert_config, find_checkpoint, has_variable, load_bert,
                          save_checkpoint)
 from .progress import progress_bar
@@ -623,20 +623,8 @@ def run_pretraining(items, behaviors=(), out_dir=None, *, init_checkpoint=None, 
 
 
 def _write_json(data, path):
-    """Write JSON through a temporary file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (atomic.write_text)."""
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 # ======================================================================================

@@ -85,6 +85,15 @@ def fit_whitening(vectors, mode="whiten", dim=None):
     return mean.astype(np.float32), kernel[:, :dim].astype(np.float32)
 
 
+def whitened_tower(raw_items, config, num_ids=0):
+    """An ItemTower whose text part is BERT-whitening fitted on items' encoder vectors [M, H]."""
+    mean, kernel = fit_whitening(raw_items, config.whitening, config.whitening_dim)
+    tower = ItemTower(kernel.shape[1], num_ids=num_ids, name="item_tower")
+    tower([raw_items[:1], np.zeros(1, np.int32)])  # build
+    tower.set_affine(mean, kernel)
+    return tower
+
+
 def behavior_weights(behaviors, scoring):
     """Per-behaviour weights (type x rating x recency) for one user's time-sorted behaviours."""
     if not behaviors:
@@ -237,9 +246,8 @@ class Recommender:
             raise ValueError(f"{self.model_dir}: no indexed catalogue saved ({ITEM_VECTOR_IDS_NAME}"
                              f"); save the model after index_items(items), e.g. with bert-rec "
                              f"train")
-        with open(path, encoding="utf-8") as f:
-            ids = [line.rstrip("\n") for line in f]
-        vectors = np.load(os.path.join(self.model_dir, ITEM_VECTORS_NAME), allow_pickle=False)
+        ids = read_lines(path)
+        vectors = read_arrays(os.path.join(self.model_dir, ITEM_VECTORS_NAME))
         if len(ids) != len(vectors):
             raise ValueError(f"{path} lists {len(ids)} items but {ITEM_VECTORS_NAME} has "
                              f"{len(vectors)} rows: the files come from different saves")
@@ -268,10 +276,7 @@ class Recommender:
         raw = self.encode_items(self.items) if raw is None else raw  # [M, H]
         self.raw_item_vectors = raw
         if self.tower is None:
-            mean, kernel = fit_whitening(raw, self.config.whitening, self.config.whitening_dim)
-            self.tower = ItemTower(kernel.shape[1], num_ids=0, name="item_tower")
-            self.tower([raw[:1], np.zeros(1, np.int32)])  # build
-            self.tower.set_affine(mean, kernel)
+            self.tower = whitened_tower(raw, self.config)
         id_rows = [self.id_vocab.get(item.item_id, self.tower.num_ids) for item in self.items]
         self.item_vectors = self.project(raw, id_rows)  # [M, D]
         if self.index is not None:

@@ -26,12 +26,12 @@ import time
 
 import numpy as np
 
-from .atomic import write_text
+from .atomic import save_figure, write_text
 from .backend import keras, tf
 from .evaluation import evaluate_scores, leave_last_out
-from .layers import AttentionPooling, CosineSimilarity, ItemTower
+from .layers import AttentionPooling, CosineSimilarity
 from .progress import progress_bar
-from .recommend import Recommender, fit_whitening, pad_units, text_unit_rows, user_units
+from .recommend import Recommender, pad_units, text_unit_rows, user_units, whitened_tower
 from .tokenization import encode_texts
 from .training_config import TrainConfig
 
@@ -131,16 +131,14 @@ class Trainer:
         cfg, enc = self.config, self.rec.encoder
         keras.utils.set_random_seed(cfg.seed)  # Python, numpy and TF: unseeded Keras inits
         raw = self._encode_rows_eval()
-        mean, kernel = fit_whitening(raw[:len(self.items)], self.rec.config.whitening,
-                                     self.rec.config.whitening_dim)
-        self.tower = ItemTower(kernel.shape[1], num_ids=len(self.id_vocab), name="item_tower")
-        self.tower([raw[:1], self.id_rows[:1]])
-        self.tower.set_affine(mean, kernel)
+        self.tower = whitened_tower(raw[:len(self.items)], self.rec.config,
+                                    num_ids=len(self.id_vocab))
+        dim = self.tower.output_dim
         self.attention = AttentionPooling(cfg.attention_units, name="interest_attention")
-        self.attention([np.zeros((1, 1, kernel.shape[1]), np.float32), np.ones((1, 1), np.float32)])
+        self.attention([np.zeros((1, 1, dim), np.float32), np.ones((1, 1), np.float32)])
         self.cosine = CosineSimilarity(temperature=cfg.temperature, name="train_cosine")
         self.click_head = keras.layers.Dense(2, name="click_head")
-        self.click_head.build((None, 3 * kernel.shape[1]))
+        self.click_head.build((None, 3 * dim))
         self.head_variables = (self.tower.trainable_variables +
                                self.attention.trainable_variables)
         if cfg.objective != "softmax":
@@ -368,10 +366,8 @@ def plot_curves(history, path, k):
     right.set(title="validation (last-but-one item per user)", xlabel="epoch")
     right.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def train(model_path, items, histories, out_dir, config=None, resume=False, log=sys.stderr):
