@@ -158,8 +158,10 @@ def write_text(path, text):
 
 
 def write_bytes(path, data):
-    """Write ``data`` to ``path`` via a temporary file beside it and an atomic rename."""
-    return _write(path, lambda f: f.write(data))
+    """Write ``data`` (bytes, or an iterable of bytes chunks written as they come) to ``path``
+    via a temporary file beside it and an atomic rename."""
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    return _write(path, lambda f: f.writelines(chunks))
 
 
 def save_figure(fig, path, **savefig_kwargs):

@@ -9,6 +9,8 @@ import time
 
 from . import atomic
 from .data import DEFAULT_BEHAVIORS, InputError, group_by_user, read_behaviors, read_items
+from .encode_cache import ENV_VAR as CACHE_ENV_VAR
+from .encode_cache import default_cache_dir
 from .index import BACKENDS as INDEX_BACKENDS
 from .privacy import user_id_hasher
 from .training_config import (CONTINUE_LEARNING_RATE, OBJECTIVES, SCRATCH_LEARNING_RATE,
@@ -68,6 +70,7 @@ def build_parser():
                           "catalogues)")
     rec.add_argument("--include-seen", action="store_true",
                      help="do not exclude items the user already interacted with")
+    _add_cache_args(rec)
     rec.set_defaults(func=cmd_recommend)
 
     train = sub.add_parser(
@@ -100,6 +103,7 @@ def build_parser():
     train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --out from its last epoch")
+    _add_cache_args(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
@@ -113,6 +117,7 @@ def build_parser():
     ev.add_argument("--format", choices=("table", "json"), default="table")
     ev.add_argument("--output", metavar="FILE", help="write here (atomically) instead of stdout")
     ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
+    _add_cache_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     add_pretrain_parser(sub)
@@ -219,6 +224,27 @@ def _add_data_args(parser):
                              "messages and list the first skipped rows")
 
 
+def _add_cache_args(parser):
+    """--cache-dir / --no-cache, for the commands that encode texts with the BERT."""
+    group = parser.add_argument_group(
+        "encode cache", "Text vectors are kept between runs, keyed by the text and a fingerprint "
+                        "of the model files, so unchanged texts are not encoded again. The cache "
+                        "directory is safe to delete at any time.")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--cache-dir", metavar="DIR",
+                        help=f"the cache directory (default: ${CACHE_ENV_VAR}, else "
+                             f"~/.cache/bert_rec/encodings)")
+    choice.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the encode cache")
+
+
+def cache_dir(args):
+    """The encode cache directory the arguments ask for; None under --no-cache."""
+    if getattr(args, "no_cache", False):
+        return None
+    return getattr(args, "cache_dir", None) or default_cache_dir()
+
+
 def load_inputs(args):
     """Read and validate items and behaviours; returns (items, {user: behaviours})."""
     verbose = getattr(args, "verbose", False)
@@ -266,7 +292,7 @@ def cmd_recommend(args):
 
     from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
     started = time.time()
-    recommender = Recommender.load(args.model, pooling=args.pooling)
+    recommender = Recommender.load(args.model, pooling=args.pooling, cache_dir=cache_dir(args))
     if args.include_seen:
         recommender.config.scoring.exclude_seen = False
     recommender.index_items(items)
@@ -343,7 +369,8 @@ def cmd_train(args):
         patience=args.patience, k=args.k, seed=args.seed)
     from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
     started = time.time()
-    history, _ = train(args.model, items, histories, args.out, config, resume=args.resume)
+    history, _ = train(args.model, items, histories, args.out, config, resume=args.resume,
+                       cache_dir=cache_dir(args))
     best = max(history, key=lambda h: h["val_ndcg"])
     print(f"best epoch {best['epoch']}: validation NDCG@{args.k} {best['val_ndcg']:.4f}, "
           f"HR@{args.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all", file=sys.stderr)
@@ -358,7 +385,7 @@ def cmd_evaluate(args):
     if not cases:
         raise UsageError(f"{args.behaviors}: no user has 2 distinct items; nothing to evaluate")
     from .comparison import evaluate_all, plot_results  # noqa: PLC0415
-    results = evaluate_all(args.model, items, cases, k=args.k)
+    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args))
     report = {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
               "results": results}
     if args.format == "json":

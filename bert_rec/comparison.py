@@ -12,17 +12,19 @@ from .recommend import Recommender
 METHOD_ORDER = ("bert_rec", "zero_shot", "itemknn", "tfidf", "popularity")
 
 
-def evaluate_all(model_path, items, cases, k=10):
+def evaluate_all(model_path, items, cases, k=10, cache_dir=None):
     """{method: metrics} for bert_rec, zero_shot and the baselines, on the same cases.
 
     ``zero_shot`` is the model's encoder with the zero-shot head (weighted-mean pooling,
     BERT-whitening fitted on these items); for a raw checkpoint directory it equals bert_rec.
+    ``cache_dir``: the encode cache (``Recommender.load``).
     """
     results = {}
-    model = Recommender.load(model_path).index_items(items)
+    model = Recommender.load(model_path, cache_dir=cache_dir).index_items(items)
     results["bert_rec"] = _evaluate(model, cases, items, k)
     if model.trained:
-        zero_shot = Recommender.load(model_path, zero_shot=True).index_items(items)
+        zero_shot = Recommender.load(model_path, zero_shot=True,
+                                     cache_dir=cache_dir).index_items(items)
         results["zero_shot"] = _evaluate(zero_shot, cases, items, k)
     else:
         results["zero_shot"] = dict(results["bert_rec"])

@@ -2,10 +2,14 @@
 
 Vectors are L2-normalised on the way in, so inner product = cosine, the score bert_rec ranks by.
 
-- ``exact``: brute force ``[B, D] x [D, M]`` matmul + ``tf.math.top_k`` in query blocks; memory
-  is the vectors plus one ``[B, M]`` score block.
+- ``exact``: brute force in TensorFlow over blocks of queries and items: one traced function
+  per block does the ``[b, D] x [D, c]`` matmul and a two-stage top-k (the maximum of each
+  group of 64 scores, top-k groups, then top-k within them: exact, and far cheaper than
+  ``tf.math.top_k`` over every score). Blocks are sized from the catalogue (about 1/32 of the
+  vector bytes, 4 to 64 MiB each), so memory stays near the vectors' own size.
+  ``bench/retrieval.py`` compares it with numpy and faiss ``IndexFlatIP``.
 - ``faiss-flat``: faiss ``IndexFlatIP``, also exact. ``faiss-ivf`` (``IndexIVFFlat``, ``nlist``
-  lists, ``nprobe`` searched) and ``faiss-hnsw`` (``IndexHNSWFlat``) are approximate; report their
+  lists, default sqrt(M), ``nprobe`` searched) and ``faiss-hnsw`` (``IndexHNSWFlat``) are approximate; report their
   recall with ``recall_at_k`` against ``exact``. faiss (faiss-cpu) is maintained by Meta and is
   far faster than anything we would write for approximate search; it is optional: only these
   backends import it.
@@ -45,30 +49,35 @@ class ItemIndex:
         return len(self.ids)
 
     def add(self, ids, vectors):
-        """Add items (new ids appended, known ids' vectors replaced); only they are touched."""
-        vectors = _normalise(np.asarray(vectors, np.float32))
+        """Add items (new ids appended, known ids' vectors replaced); only they are touched.
+
+        The normalised copy of ``vectors`` becomes the index's storage when every id is new, so
+        a bulk add holds the vectors once (plus the caller's own array).
+        """
+        vectors = _normalise(np.asarray(vectors, np.float32))  # a new array [N, D]
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got "
                              f"{vectors.shape}")
         old = len(self.ids)
-        new_ids, new_vectors = [], []
-        for item_id, vector in zip(ids, vectors):
+        appended = []  # positions in ``vectors`` of the new ids, in order of first appearance
+        for pos, item_id in enumerate(ids):
             row = self.rows.get(item_id)
             if row is None:
-                self.rows[item_id] = old + len(new_ids)
-                new_ids.append(item_id)
-                new_vectors.append(vector)
+                self.rows[item_id] = old + len(appended)
+                self.ids.append(item_id)
+                appended.append(pos)
             elif row < old:
-                self.vectors[row] = vector
+                self.vectors[row] = vectors[pos]
             else:  # the same new id twice in one call: the last vector wins
-                new_vectors[row - old] = vector
-        self.ids.extend(new_ids)
-        if new_vectors:
-            self.vectors = np.concatenate([self.vectors, np.stack(new_vectors)])
+                appended[row - old] = pos
+        if appended:
+            # Every position appended once and in order: the whole normalised array, no copy.
+            new = vectors if len(appended) == len(vectors) else vectors[appended]
+            self.vectors = new if old == 0 else np.concatenate([self.vectors, new])
         self._faiss = None  # rebuilt lazily from the vectors
         return self
 
-    def search(self, queries, k=10, exclude=None, block=1024):
+    def search(self, queries, k=10, exclude=None):
         """Top-k (rows [B, k], scores [B, k]) by cosine; ``exclude[b]`` = rows to skip.
 
         Rows of fewer than k results (everything excluded) are padded with row -1, score -inf.
@@ -76,23 +85,37 @@ class ItemIndex:
         queries = _normalise(np.asarray(queries, np.float32))  # [B, D]
         exclude = exclude or [()] * len(queries)
         if self.backend == "exact":
-            return self._search_exact(queries, k, exclude, block)
+            return self._search_exact(queries, k, exclude)
         return self._search_faiss(queries, k, exclude)
 
-    def _search_exact(self, queries, k, exclude, block):
+    def _search_exact(self, queries, k, exclude):
+        """Blocked matmul + grouped top-k over item chunks, merged per query (see module doc)."""
         import tensorflow as tf  # noqa: PLC0415  (TensorFlow only for this backend)
         rows = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
-        table = tf.constant(self.vectors)  # [M, D]
-        kk = min(k, len(self))
-        for start in range(0, len(queries), block):
-            q = queries[start:start + block]
-            s = tf.matmul(q, table, transpose_b=True).numpy()  # [b, M]
-            for b, skip in enumerate(exclude[start:start + block]):
-                s[b, list(skip)] = -np.inf
-            top = tf.math.top_k(s, k=kk)
-            rows[start:start + len(q), :kk] = top.indices.numpy()
-            scores[start:start + len(q), :kk] = top.values.numpy()
+        if not len(self) or not len(queries):
+            return rows, scores
+        # Enough candidates per query that k remain after dropping its excluded rows.
+        want = min(k + max((len(s) for s in exclude), default=0), len(self))
+        item_rows, query_rows = _block_sizes(len(self), self.dim)
+        for start in range(0, len(queries), query_rows):
+            q = tf.constant(queries[start:start + query_rows])  # [b, D]
+            found_scores, found_rows = [], []
+            for first, last, grouped in _item_chunks(len(self), item_rows):
+                chunk = tf.constant(self.vectors[first:last])  # [c, D]
+                top = _grouped_top_k(q, chunk, want) if grouped else _plain_top_k(q, chunk, want)
+                found_scores.append(top[0].numpy())
+                found_rows.append(top[1].numpy() + first)
+            cand_scores = np.concatenate(found_scores, axis=1)  # [b, chunks * want]
+            cand_rows = np.concatenate(found_rows, axis=1)
+            for b, skip in enumerate(exclude[start:start + len(cand_rows)]):
+                r, s = cand_rows[b], cand_scores[b]
+                if skip:
+                    keep = ~np.isin(r, np.fromiter(skip, np.int64))
+                    r, s = r[keep], s[keep]
+                best = np.lexsort((r, -s))[:k]  # by score, ties by catalogue order
+                rows[start + b, :len(best)] = r[best]
+                scores[start + b, :len(best)] = s[best]
         rows[~np.isfinite(scores)] = -1
         return rows, scores
 
@@ -122,11 +145,17 @@ class ItemIndex:
             index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = self.ef_search
         else:
-            nlist = self.nlist or max(1, int(4 * np.sqrt(len(self))))
+            # sqrt(M) lists, trained on at most 64 vectors per list (a seeded sample): k-means
+            # on all of a million 768-d vectors would take longer than the search saves.
+            nlist = self.nlist or max(1, int(np.sqrt(len(self))))
             quantizer = faiss.IndexFlatIP(self.dim)
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             self._quantizer = quantizer  # the IVF index needs it alive
-            index.train(self.vectors)
+            sample = self.vectors
+            if len(sample) > 64 * nlist:
+                rng = np.random.default_rng(0)
+                sample = sample[np.sort(rng.choice(len(sample), 64 * nlist, replace=False))]
+            index.train(sample)
             index.nprobe = min(self.nprobe, nlist)
         index.add(self.vectors)
         self._faiss = index
@@ -176,7 +205,74 @@ def recall_at_k(approx_rows, exact_rows):
     return float(np.mean(hits)) if hits else 0.0
 
 
+GROUP = 64  # scores per group in the two-stage top-k
+
+
+def _block_sizes(n_items, dim, query_cap=1024):
+    """(item rows per chunk, queries per block) keeping each chunk and score block near
+    1/32 of the catalogue's vector bytes, between 4 and 64 MiB."""
+    budget = min(max(n_items * dim * 4 // 32, 4 * 2**20), 64 * 2**20)
+    item_rows = max(GROUP, budget // (dim * 4) // GROUP * GROUP)
+    query_rows = max(16, min(query_cap, budget // (4 * min(item_rows, n_items))))
+    return item_rows, query_rows
+
+
+def _item_chunks(n_items, item_rows):
+    """(first, last, grouped) item ranges: full groups of GROUP rows go through the grouped
+    top-k; a tail shorter than a group goes through the plain one."""
+    for first in range(0, n_items, item_rows):
+        last = min(first + item_rows, n_items)
+        whole = first + (last - first) // GROUP * GROUP
+        if whole > first:
+            yield first, whole, True
+        if whole < last:
+            yield whole, last, False
+
+
+def _tf_functions():
+    """The two traced top-k functions (built on first use: TensorFlow is imported lazily)."""
+    import tensorflow as tf  # noqa: PLC0415
+    spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def grouped(queries, items, k):
+        """Exact top-k of queries [b, D] x items [c, D] (c a multiple of GROUP)."""
+        scores = tf.matmul(queries, items, transpose_b=True)  # [b, c]
+        b = tf.shape(scores)[0]
+        groups = tf.reshape(scores, [b, -1, GROUP])  # [b, G, GROUP]
+        # The k best scores lie in the (at most k) groups whose maxima are the k largest.
+        kg = tf.minimum(k, tf.shape(groups)[1])
+        _, best_groups = tf.math.top_k(tf.reduce_max(groups, axis=2), kg)  # [b, kg]
+        candidates = tf.reshape(tf.gather(groups, best_groups, batch_dims=1), [b, -1])
+        offsets = best_groups[:, :, None] * GROUP + tf.range(GROUP)[None, None, :]
+        values, picked = tf.math.top_k(candidates, tf.minimum(k, tf.shape(candidates)[1]))
+        return values, tf.gather(tf.reshape(offsets, [b, -1]), picked, batch_dims=1)
+
+    @tf.function(input_signature=spec)
+    def plain(queries, items, k):
+        scores = tf.matmul(queries, items, transpose_b=True)  # [b, c]
+        return tf.math.top_k(scores, tf.minimum(k, tf.shape(scores)[1]))
+
+    return grouped, plain
+
+
+_TOP_K = []
+
+
+def _grouped_top_k(queries, items, k):
+    if not _TOP_K:
+        _TOP_K.extend(_tf_functions())
+    return _TOP_K[0](queries, items, k)
+
+
+def _plain_top_k(queries, items, k):
+    if not _TOP_K:
+        _TOP_K.extend(_tf_functions())
+    return _TOP_K[1](queries, items, k)
+
+
 def _normalise(vectors):
     """L2-normalise rows (zero rows stay zero)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    norms = np.sqrt(np.einsum("...d,...d->...", vectors, vectors))[..., None]  # no [N, D] temp
     return vectors / np.maximum(norms, 1e-12)

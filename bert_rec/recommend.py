@@ -188,12 +188,14 @@ class Recommender:
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path, pooling=None, zero_shot=False):
+    def load(cls, path, pooling=None, zero_shot=False, cache_dir=None):
         """From a bert_rec model directory (bert_rec.json inside) or a Google checkpoint dir.
 
         A checkpoint directory gives the zero-shot model: the pretrained encoder with default
         settings (``pooling`` overrides the pooling). ``zero_shot=True`` ignores a model
         directory's trained item tower and attention, keeping its encoder and settings.
+        ``cache_dir``: keep text vectors between runs in an on-disk cache there (see
+        encode_cache.py; None: no cache).
         """
         config_path = os.path.join(path, CONFIG_NAME)
         if os.path.isfile(config_path):
@@ -210,6 +212,8 @@ class Recommender:
             config.pooling = pooling
         encoder = TextEncoder(find_checkpoint(path), pooling=config.pooling,
                               text_config=config.text, batch_size=config.batch_size)
+        if cache_dir:
+            encoder.enable_cache(cache_dir)
         head_path = os.path.join(path, HEAD_NAME)
         if zero_shot or not os.path.isfile(head_path):
             return cls(encoder, config, model_dir=path)

@@ -171,6 +171,11 @@ class Trainer:
     def _unfreeze_top_layers(self, n):
         """Mark only the top ``n`` transformer layers of the encoder trainable; their variables."""
         bert = self.rec.encoder.transformer
+        if n:
+            # Training changes the live weights, but the encode cache is keyed by the checkpoint
+            # files' fingerprint: it would serve the pretrained vectors for the trained encoder.
+            # (Vectors encoded before this point, with the files' weights, were fine to cache.)
+            self.rec.encoder.cache = None
         total = bert.num_hidden_layers
         for layer in bert.model.layers:
             layer.trainable = False
@@ -370,14 +375,16 @@ def plot_curves(history, path, k):
     plt.close(fig)
 
 
-def train(model_path, items, histories, out_dir, config=None, resume=False, log=sys.stderr):
+def train(model_path, items, histories, out_dir, config=None, resume=False, log=sys.stderr,
+          cache_dir=None):
     """Fine-tune from a checkpoint or model directory and save a model directory at out_dir.
 
     Returns (history, test-split Recommender). The model directory keeps ``training/`` (state,
-    history, curves) beside the model files.
+    history, curves) beside the model files. ``cache_dir``: the encode cache, used while the
+    encoder is the checkpoint's (always with ``train_layers=0``).
     """
     config = config or TrainConfig()
-    base = Recommender.load(model_path, zero_shot=True)
+    base = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir)
     trainer = Trainer(base, items, histories, config, log=log)
     print(f"training on {len(trainer.examples)} examples from {len(trainer.val_cases)} users "
           f"({trainer.skipped} skipped), validating on their last-but-one items", file=log)

@@ -2,10 +2,11 @@
 """Batch inference: recommendations for every user in a behaviour log, as JSON Lines.
 
     python scripts/infer.py --model MODEL_DIR --items items.jsonl --behaviors behaviors.jsonl \
-        --out results.jsonl [-k 10] [--user ID ...]
+        --out results.jsonl [-k 10] [--user ID ...] [--cache-dir DIR | --no-cache]
 
 One JSON object per user (the `bert-rec recommend --format json` schema), written to a temporary
-file and renamed, so OUT is either the previous complete file or the new complete one.
+file and renamed, so OUT is either the previous complete file or the new complete one. Every
+other option is `bert-rec recommend`'s, e.g. the encode cache (`--cache-dir`, `--no-cache`).
 """
 import argparse
 import sys

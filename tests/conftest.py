@@ -1,11 +1,19 @@
 """Shared fixtures: tiny Google-format checkpoints written to a temporary directory."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("BERT_REC_PROGRESS", "0")
+# The CLI's encode cache defaults to ~/.cache: keep the suite's in a temporary directory of its
+# own (shared by the whole session and its subprocesses, which inherit the environment).
+if "BERT_REC_CACHE" not in os.environ:
+    os.environ["BERT_REC_CACHE"] = tempfile.mkdtemp(prefix="bert_rec-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BERT_REC_CACHE"], ignore_errors=True)
 
 # Property tests: the same examples on every run (CI is deterministic), no per-example deadline
 # (the first call loads jieba's dictionary), no example database written into the checkout.

@@ -33,6 +33,39 @@ def test_exact_matches_numpy_and_excludes(data):
     assert all(e[0] not in r for e, r in zip(exclude, rows))
 
 
+@pytest.mark.parametrize("item_rows, query_rows", [(128, 7), (192, 16), (64, 1000)])
+def test_exact_blocks_match_numpy(data, monkeypatch, item_rows, query_rows):
+    """Small blocks force many item chunks (with a tail shorter than a group) and query blocks:
+    the grouped top-k must still return numpy's top-k, exclusions applied."""
+    import bert_rec.index as index_module
+    ids, vectors, queries = data
+    n = 3000 - 37  # not a multiple of the group size
+    monkeypatch.setattr(index_module, "_block_sizes", lambda m, d: (item_rows, query_rows))
+    index = ItemIndex(32).add(ids[:n], vectors[:n])
+    reference = _unit(queries) @ _unit(vectors[:n]).T
+    exclude = [list(np.argsort(-reference[b])[:b % 4]) for b in range(len(queries))]
+    rows, scores = index.search(queries, k=10, exclude=exclude)
+    for b in range(len(queries)):
+        reference[b, exclude[b]] = -np.inf
+    expected = np.argsort(-reference, axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(reference, expected, 1), atol=1e-5)
+
+
+def test_exact_fewer_items_than_k_and_bulk_add_keeps_one_copy(data):
+    ids, vectors, queries = data
+    rows, scores = ItemIndex(32).add(ids[:3], vectors[:3]).search(queries[:2], k=5,
+                                                                   exclude=[[0], []])
+    assert (rows[0, 2:] == -1).all() and (rows[1, 3:] == -1).all()
+    assert set(rows[0, :2]) == {1, 2} and np.isinf(scores[0, 2:]).all()
+    index = ItemIndex(32).add(ids, vectors)
+    assert index.vectors.base is None  # the normalised array itself, not a stacked copy
+    index.add(["new", ids[0]], vectors[:2])  # one new id, one replaced
+    assert len(index) == len(ids) + 1
+    np.testing.assert_allclose(index.vectors[0], _unit(vectors[1:2])[0], atol=1e-6)
+    np.testing.assert_allclose(index.vectors[-1], _unit(vectors[:1])[0], atol=1e-6)
+
+
 def test_faiss_backends(data):
     pytest.importorskip("faiss")
     ids, vectors, queries = data
