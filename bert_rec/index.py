@@ -4,9 +4,9 @@ Vectors are L2-normalised on the way in, so inner product = cosine, the score be
 
 - ``exact``: brute force in TensorFlow over blocks of queries and items: one traced function
   per block does the ``[b, D] x [D, c]`` matmul and a two-stage top-k (the maximum of each
-  group of 64 scores, top-k groups, then top-k within them: exact, and far cheaper than
-  ``tf.math.top_k`` over every score). Blocks are sized from the catalogue (about 1/32 of the
-  vector bytes, 4 to 64 MiB each), so memory stays near the vectors' own size.
+  group of 32 scores, top-k groups, then top-k within them: exact, and far cheaper than
+  ``tf.math.top_k`` over every score). The score block is sized from the catalogue (about 1/16
+  of the vector bytes, 8 to 64 MiB), so memory stays near the vectors' own size.
   ``bench/retrieval.py`` compares it with numpy and faiss ``IndexFlatIP``.
 - ``faiss-flat``: faiss ``IndexFlatIP``, also exact. ``faiss-ivf`` (``IndexIVFFlat``, ``nlist``
   lists, default sqrt(M), ``nprobe`` searched) and ``faiss-hnsw`` (``IndexHNSWFlat``) are approximate; report their
@@ -97,17 +97,22 @@ class ItemIndex:
             return rows, scores
         # Enough candidates per query that k remain after dropping its excluded rows.
         want = min(k + max((len(s) for s in exclude), default=0), len(self))
-        item_rows, query_rows = _block_sizes(len(self), self.dim)
-        for start in range(0, len(queries), query_rows):
-            q = tf.constant(queries[start:start + query_rows])  # [b, D]
-            found_scores, found_rows = [], []
-            for first, last, grouped in _item_chunks(len(self), item_rows):
-                chunk = tf.constant(self.vectors[first:last])  # [c, D]
-                top = _grouped_top_k(q, chunk, want) if grouped else _plain_top_k(q, chunk, want)
-                found_scores.append(top[0].numpy())
-                found_rows.append(top[1].numpy() + first)
-            cand_scores = np.concatenate(found_scores, axis=1)  # [b, chunks * want]
-            cand_rows = np.concatenate(found_rows, axis=1)
+        item_rows, query_rows = _block_sizes(len(self), self.dim, len(queries))
+        blocks = [tf.constant(queries[start:start + query_rows])  # [b, D] each
+                  for start in range(0, len(queries), query_rows)]
+        found = [([], []) for _ in blocks]  # per query block: scores and rows of each chunk
+        # Items outer, queries inner: each chunk is copied into TensorFlow once per search.
+        for first, last, grouped in _item_chunks(len(self), item_rows):
+            chunk = tf.constant(self.vectors[first:last])  # [c, D]
+            top_k = _grouped_top_k if grouped else _plain_top_k
+            for q, (block_scores, block_rows) in zip(blocks, found):
+                values, indices = top_k(q, chunk, want)
+                block_scores.append(values.numpy())
+                block_rows.append(indices.numpy() + first)
+        for n, (block_scores, block_rows) in enumerate(found):
+            start = n * query_rows
+            cand_scores = np.concatenate(block_scores, axis=1)  # [b, chunks * want]
+            cand_rows = np.concatenate(block_rows, axis=1)
             for b, skip in enumerate(exclude[start:start + len(cand_rows)]):
                 r, s = cand_rows[b], cand_scores[b]
                 if skip:
@@ -205,15 +210,19 @@ def recall_at_k(approx_rows, exact_rows):
     return float(np.mean(hits)) if hits else 0.0
 
 
-GROUP = 64  # scores per group in the two-stage top-k
+GROUP = 32  # scores per group in the two-stage top-k (fastest of 8-128 measured)
 
 
-def _block_sizes(n_items, dim, query_cap=1024):
-    """(item rows per chunk, queries per block) keeping each chunk and score block near
-    1/32 of the catalogue's vector bytes, between 4 and 64 MiB."""
-    budget = min(max(n_items * dim * 4 // 32, 4 * 2**20), 64 * 2**20)
-    item_rows = max(GROUP, budget // (dim * 4) // GROUP * GROUP)
-    query_rows = max(16, min(query_cap, budget // (4 * min(item_rows, n_items))))
+def _block_sizes(n_items, dim, n_queries, query_cap=1024):
+    """(item rows per chunk, queries per block): the [queries, items] score block and the item
+    chunk are each about 1/16 of the catalogue's vector bytes, between 8 and 64 MiB (large
+    blocks keep the matmul near the machine's speed; bench/retrieval.py measures time and
+    memory)."""
+    budget = min(max(n_items * dim * 4 // 16, 8 * 2**20), 64 * 2**20)
+    query_rows = max(1, min(query_cap, n_queries))
+    # Both the score block [queries, items] and the chunk copied into TensorFlow [items, D]
+    # stay within the budget, whatever the number of queries.
+    item_rows = max(GROUP, budget // (4 * max(query_rows, dim)) // GROUP * GROUP)
     return item_rows, query_rows
 
 

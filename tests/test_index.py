@@ -40,7 +40,7 @@ def test_exact_blocks_match_numpy(data, monkeypatch, item_rows, query_rows):
     import bert_rec.index as index_module
     ids, vectors, queries = data
     n = 3000 - 37  # not a multiple of the group size
-    monkeypatch.setattr(index_module, "_block_sizes", lambda m, d: (item_rows, query_rows))
+    monkeypatch.setattr(index_module, "_block_sizes", lambda m, d, q: (item_rows, query_rows))
     index = ItemIndex(32).add(ids[:n], vectors[:n])
     reference = _unit(queries) @ _unit(vectors[:n]).T
     exclude = [list(np.argsort(-reference[b])[:b % 4]) for b in range(len(queries))]
