@@ -390,28 +390,31 @@ class Recommender:
     def _explain(self, user_id, top, units, interest, explain):
         """UserRecommendations for the chosen (rows, scores), each explained by its behaviours."""
         recent, vectors, alpha, owners = units
-        recs = []
-        for i, score in zip(*top):
-            item = self.items[i]
-            shares = self._shares(interest, vectors, alpha, owners, len(recent), i)
-            because = _merge_because(recent, shares, self.encoder.pipeline)[:explain]
-            recs.append(Recommendation(item.item_id, float(score), item.title, because))
-        return UserRecommendations(user_id, recs)
+        rows, values = top
+        because = [[] for _ in rows]
+        if explain and len(rows):
+            shares = self._shares(interest, vectors, alpha, owners, len(recent), rows)  # [k, n]
+            because = _merge_because(recent, shares, self.encoder.pipeline, explain)
+        return UserRecommendations(user_id, [
+            Recommendation(self.items[i].item_id, float(score), self.items[i].title, b)
+            for i, score, b in zip(rows, values, because)])
 
-    def _shares(self, interest, vectors, alpha, owners, n_behaviors, item_row):
-        """Each behaviour's share of cos(u, x): contributions c_j / s(x), summing to 1.
+    def _shares(self, interest, vectors, alpha, owners, n_behaviors, item_rows):
+        """Each behaviour's share of cos(u, x) for items x: [len(item_rows), n_behaviors].
 
-        u = sum_j alpha_j v_j (unit v_j), so cos(u, x) = sum_j alpha_j (v_j . x) / (|u||x|).
+        u = sum_j alpha_j v_j (unit v_j), so cos(u, x) = sum_j alpha_j (v_j . x) / (|u||x|); the
+        contributions c_j / s(x) of one item sum to 1.
         """
-        x = self.item_vectors[item_row]
-        x = x / max(np.linalg.norm(x), 1e-12)  # [D]
+        x = self.item_vectors[np.asarray(item_rows)]  # [k, D]
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # [n, D]
         u_norm = max(float(np.linalg.norm(interest)), 1e-12)
-        contrib = alpha * (v @ x) / u_norm  # [n units]
-        per_behavior = np.zeros(n_behaviors)
+        contrib = alpha[:, None] * (v @ x.T) / u_norm  # [n units, k]
+        per_behavior = np.zeros((n_behaviors, len(x)))
         np.add.at(per_behavior, owners, contrib)
-        total = per_behavior.sum()
-        return per_behavior / total if abs(total) > 1e-12 else per_behavior
+        total = per_behavior.sum(axis=0)  # [k]
+        safe = np.where(np.abs(total) > 1e-12, total, 1.0)
+        return (per_behavior / safe).T
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, out_dir, keep=(), keras_models=True):
@@ -517,12 +520,27 @@ def _top_rows(scores, seen, k):
     return top, scores[top]
 
 
-def _merge_because(recent, shares, pipeline):
-    """Behaviours sorted by share; repeats of the same (item, behaviour, text) are added up."""
-    merged = {}
-    for b, share in zip(recent, shares):
-        key = (b.item_id, b.behavior, b.text)
-        merged[key] = merged.get(key, 0.0) + float(share)
-    ranked = sorted(merged.items(), key=lambda kv: -kv[1])
-    return [Because(item_id, behavior, pipeline.normalize(text), share)
-            for (item_id, behavior, text), share in ranked]
+def _merge_because(recent, shares, pipeline, limit):
+    """Per recommended item, the ``limit`` behaviours with the largest shares ``[k, n]``.
+
+    Repeats of the same (item, behaviour, text) are added up (ties keep first-seen order); only
+    the texts shown are normalised, each once.
+    """
+    keys = {}
+    inverse = np.array([keys.setdefault((b.item_id, b.behavior, b.text), len(keys))
+                        for b in recent])  # behaviour -> merged key
+    onehot = np.zeros((len(recent), len(keys)))
+    onehot[np.arange(len(recent)), inverse] = 1.0
+    merged = np.asarray(shares) @ onehot  # [k, K]
+    key_list = list(keys)
+    shown = {}
+    out = []
+    for row in merged:
+        because = []
+        for j in np.argsort(-row, kind="stable")[:limit]:
+            item_id, behavior, text = key_list[j]
+            if text not in shown:
+                shown[text] = pipeline.normalize(text) if text else ""
+            because.append(Because(item_id, behavior, shown[text], float(row[j])))
+        out.append(because)
+    return out
