@@ -1,13 +1,15 @@
 # make demo  - set up .venv if needed, then on the bundled sample data: fine-tune briefly,
 #              evaluate against the baselines, and print explained recommendations
 # make test  - set up .venv if needed, then run the test suite
+# make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~40 min on 2 cores);
+#              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := data/sample
 CKPT := checkpoints/tiny-bert-zh
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test bench clean-venv
 
 install: $(VENV)/.installed
 
@@ -29,6 +31,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+BENCHMARKS := encoder e2e retrieval scaling training
+
+bench: install
+	set -e; for b in $(BENCHMARKS); do \
+		echo "== bench/$$b.py"; TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python bench/$$b.py; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Encoder efficiency: useful tokens/s, padding fraction and FLOP ratio of ``TextEncoder.encode``.
+
+The texts are the sample catalogue's item feature texts (data/sample, real KuaiRec captions),
+cleaned and tokenised as ``bert-rec recommend`` does (at most 64 tokens). They are encoded by the
+product path — ``TextEncoder.encode``: distinct texts, length-bucketed batches, one traced
+``tf.function`` with a ``[None, None]`` signature — with three configurations:
+
+- tiny: the shipped checkpoints/tiny-bert-zh (2 layers, hidden 128);
+- small: random weights, 4 layers, hidden 256, 4 heads;
+- base: random weights, BERT-base size (12 layers, hidden 768, 12 heads, vocab 21,128).
+
+Figures: useful (non-padding) tokens/s; padding fraction = padded-but-useless tokens / tokens
+computed; FLOP ratio = the encoder's achieved matmul FLOP/s (FLOPs of the useful tokens only,
+see ``common.bert_flops``) over the FLOP/s of a 4096² float32 matmul measured in the same process.
+Median of ``--repeats`` timed runs after one warm-up run (which also traces the function).
+
+    .venv/bin/python bench/encoder.py [--configs tiny small base] [--base-texts 512]
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (CONFIGS, ROOT, bert_flops, matmul_flops, random_checkpoint,  # noqa: E402
+                    table, timed, write_result)
+
+
+def catalogue_texts():
+    from bert_rec.data import read_items  # noqa: PLC0415
+    items, _ = read_items(os.path.join(ROOT, "data", "sample", "items.jsonl"))
+    return [item.full_text() for item in items]
+
+
+def measure(name, texts, batch_size, repeats, peak):
+    from bert_rec.models import TextEncoder, plan_batches  # noqa: PLC0415
+    encoder = TextEncoder(random_checkpoint(name), batch_size=batch_size)
+    cleaned = list(dict.fromkeys(encoder.pipeline.clean_many(texts)))  # distinct, as encode does
+    max_len = min(64, encoder.max_position)
+    lengths = np.array([len(encoder.tokenizer.encode(t, maxlen=max_len)[0]) for t in cleaned])
+    batches = plan_batches(lengths, batch_size)
+    computed = sum(len(rows) * lengths[rows].max() for rows in batches)
+    useful = int(lengths.sum())
+    config = encoder.files.config
+    seconds, _ = timed(lambda: encoder.encode(cleaned, max_len=max_len, clean=False),
+                       repeats=repeats)
+    flops = bert_flops(lengths, config["num_hidden_layers"], config["hidden_size"],
+                       config["intermediate_size"])
+    computed_flops = sum(bert_flops([lengths[rows].max()] * len(rows),
+                                    config["num_hidden_layers"], config["hidden_size"],
+                                    config["intermediate_size"]) for rows in batches)
+    return {
+        "config": name, "layers": config["num_hidden_layers"], "hidden": config["hidden_size"],
+        "vocab_size": config["vocab_size"], "texts": len(cleaned), "batch_size": batch_size,
+        "mean_tokens": float(lengths.mean()), "seconds": seconds,
+        "texts_per_s": len(cleaned) / seconds, "useful_tokens_per_s": useful / seconds,
+        "padding_fraction": 1 - useful / computed,
+        "useful_gflop_per_s": flops / seconds / 1e9,
+        "flop_ratio": flops / seconds / peak,
+        "computed_flop_ratio": computed_flops / seconds / peak,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--base-texts", type=int, default=512,
+                        help="texts for the base config (a random subset keeping the length mix)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    texts = catalogue_texts()
+    peak_before = matmul_flops()
+    runs = []
+    for name in args.configs:
+        subset = texts
+        if name == "base" and args.base_texts < len(texts):
+            pick = np.random.default_rng(0).choice(len(texts), args.base_texts, replace=False)
+            subset = [texts[i] for i in sorted(pick)]
+        repeats = 2 if name == "base" else args.repeats
+        runs.append(measure(name, subset, args.batch_size, repeats, peak_before))
+    peak_after = matmul_flops()
+    peak = max(peak_before, peak_after)  # the conservative (higher) reference
+    for run in runs:  # ratios against the higher of the two matmul measurements
+        run["flop_ratio"] *= peak_before / peak
+        run["computed_flop_ratio"] *= peak_before / peak
+
+    print(f"\nfloat32 matmul 4096²: {peak_before / 1e9:.0f} GFLOP/s before, "
+          f"{peak_after / 1e9:.0f} after (ratios use {peak / 1e9:.0f})\n")
+    table(["config", "texts", "mean tokens", "texts/s", "useful tokens/s", "padding",
+           "useful GFLOP/s", "FLOP ratio", "FLOP ratio incl. padding"],
+          [[r["config"], r["texts"], r["mean_tokens"], r["texts_per_s"],
+            r["useful_tokens_per_s"], r["padding_fraction"], r["useful_gflop_per_s"],
+            r["flop_ratio"], r["computed_flop_ratio"]] for r in runs])
+    by_name = {r["config"]: r for r in runs}
+    summary = {"padding_fraction": max(r["padding_fraction"] for r in runs)}
+    if "base" in by_name:
+        summary["encoder_flop_ratio_base"] = by_name["base"]["flop_ratio"]
+    write_result("encoder", {"matmul_gflop_per_s": [peak_before / 1e9, peak_after / 1e9],
+                             "runs": runs}, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
