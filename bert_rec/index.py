@@ -6,7 +6,7 @@ Vectors are L2-normalised on the way in, so inner product = cosine, the score be
   per block does the ``[b, D] x [D, c]`` matmul and a two-stage top-k (the maximum of each
   group of 32 scores, top-k groups, then top-k within them: exact, and far cheaper than
   ``tf.math.top_k`` over every score). The score block is sized from the catalogue (about 1/16
-  of the vector bytes, 8 to 64 MiB), so memory stays near the vectors' own size.
+  of the vector bytes, 8 to 32 MiB), so memory stays near the vectors' own size.
   ``bench/retrieval.py`` compares it with numpy and faiss ``IndexFlatIP``.
 - ``faiss-flat``: faiss ``IndexFlatIP``, also exact. ``faiss-ivf`` (``IndexIVFFlat``, ``nlist``
   lists, default sqrt(M), ``nprobe`` searched) and ``faiss-hnsw`` (``IndexHNSWFlat``) are approximate; report their
@@ -41,12 +41,19 @@ class ItemIndex:
         self.dim, self.backend = int(dim), backend
         self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
         self.ids = []
-        self.rows = {}
+        self._rows = {}  # id -> row; None until needed after a bulk add (saves ~70 B per item)
         self.vectors = np.zeros((0, self.dim), np.float32)  # [M, D], unit rows
         self._faiss = None
 
     def __len__(self):
         return len(self.ids)
+
+    @property
+    def rows(self):
+        """{item id: row}, built on first use."""
+        if self._rows is None:
+            self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        return self._rows
 
     def add(self, ids, vectors):
         """Add items (new ids appended, known ids' vectors replaced); only they are touched.
@@ -59,6 +66,9 @@ class ItemIndex:
             raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got "
                              f"{vectors.shape}")
         old = len(self.ids)
+        if old == 0 and len(set(ids)) == len(ids):  # bulk load: no id map until one is needed
+            self.ids, self.vectors, self._rows, self._faiss = list(ids), vectors, None, None
+            return self
         appended = []  # positions in ``vectors`` of the new ids, in order of first appearance
         for pos, item_id in enumerate(ids):
             row = self.rows.get(item_id)
@@ -199,7 +209,7 @@ class ItemIndex:
             raise ValueError(f"{path}: ids.txt, vectors.npy and {META_NAME} disagree on the "
                              f"size; the index is damaged: write it again")
         index.ids, index.vectors = ids, vectors
-        index.rows = {item_id: row for row, item_id in enumerate(ids)}
+        index._rows = None  # built on first use
         return index
 
 
@@ -215,10 +225,10 @@ GROUP = 32  # scores per group in the two-stage top-k (fastest of 8-128 measured
 
 def _block_sizes(n_items, dim, n_queries, query_cap=1024):
     """(item rows per chunk, queries per block): the [queries, items] score block and the item
-    chunk are each about 1/16 of the catalogue's vector bytes, between 8 and 64 MiB (large
+    chunk are each about 1/16 of the catalogue's vector bytes, between 8 and 32 MiB (large
     blocks keep the matmul near the machine's speed; bench/retrieval.py measures time and
     memory)."""
-    budget = min(max(n_items * dim * 4 // 16, 8 * 2**20), 64 * 2**20)
+    budget = min(max(n_items * dim * 4 // 16, 8 * 2**20), 32 * 2**20)
     query_rows = max(1, min(query_cap, n_queries))
     # Both the score block [queries, items] and the chunk copied into TensorFlow [items, D]
     # stay within the budget, whatever the number of queries.
