@@ -1,7 +1,7 @@
 # make demo  - set up .venv if needed, then on the bundled sample data: fine-tune briefly,
 #              evaluate against the baselines, and print explained recommendations
 # make test  - set up .venv if needed, then run the test suite
-# make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~40 min on 2 cores);
+# make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~45 min on 2 cores);
 #              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
