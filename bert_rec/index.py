@@ -19,6 +19,7 @@ it is written to a staging folder and renamed. ``add`` appends new items (or rep
 vectors of ids already present) without touching the others.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -111,10 +112,11 @@ class ItemIndex:
         blocks = [tf.constant(queries[start:start + query_rows])  # [b, D] each
                   for start in range(0, len(queries), query_rows)]
         found = [([], []) for _ in blocks]  # per query block: scores and rows of each chunk
+        grouped_top_k, plain_top_k = _top_k_functions()
         # Items outer, queries inner: each chunk is copied into TensorFlow once per search.
         for first, last, grouped in _item_chunks(len(self), item_rows):
             chunk = tf.constant(self.vectors[first:last])  # [c, D]
-            top_k = _grouped_top_k if grouped else _plain_top_k
+            top_k = grouped_top_k if grouped else plain_top_k
             for q, (block_scores, block_rows) in zip(blocks, found):
                 values, indices = top_k(q, chunk, want)
                 block_scores.append(values.numpy())
@@ -248,8 +250,10 @@ def _item_chunks(n_items, item_rows):
             yield whole, last, False
 
 
-def _tf_functions():
-    """The two traced top-k functions (built on first use: TensorFlow is imported lazily)."""
+@functools.cache
+def _top_k_functions():
+    """(grouped, plain) traced top-k functions, built once on first use (TensorFlow is imported
+    lazily)."""
     import tensorflow as tf  # noqa: PLC0415
     spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
             tf.TensorSpec([], tf.int32)]
@@ -274,21 +278,6 @@ def _tf_functions():
         return tf.math.top_k(scores, tf.minimum(k, tf.shape(scores)[1]))
 
     return grouped, plain
-
-
-_TOP_K = []
-
-
-def _grouped_top_k(queries, items, k):
-    if not _TOP_K:
-        _TOP_K.extend(_tf_functions())
-    return _TOP_K[0](queries, items, k)
-
-
-def _plain_top_k(queries, items, k):
-    if not _TOP_K:
-        _TOP_K.extend(_tf_functions())
-    return _TOP_K[1](queries, items, k)
 
 
 def _normalise(vectors):
