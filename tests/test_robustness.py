@@ -282,16 +282,22 @@ CHECKPOINT_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CHECKPOINT_DAMAGE))
-def test_broken_checkpoint_is_one_line(case, tiny_ckpt, items_file, tmp_path, capsys):
-    change, words = CHECKPOINT_DAMAGE[case]
-    model = _copy(tiny_ckpt, tmp_path / "ckpt", change)
+def _recommend_with(model, items_file, tmp_path, capsys):
+    """``bert-rec recommend`` with a (damaged) model and good inputs: (code, stdout, the one
+    error line)."""
     behaviors = tmp_path / "behaviors.csv"
     behaviors.write_text(HEADER + GOOD_CSV, encoding="utf-8")
     code, out, err = _run(capsys, "recommend", "--model", model, "--items", items_file,
                           "--behaviors", behaviors)
+    return code, out, _one_error_line(err)
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_DAMAGE))
+def test_broken_checkpoint_is_one_line(case, tiny_ckpt, items_file, tmp_path, capsys):
+    change, words = CHECKPOINT_DAMAGE[case]
+    code, out, message = _recommend_with(_copy(tiny_ckpt, tmp_path / "ckpt", change),
+                                         items_file, tmp_path, capsys)
     assert code == 2 and out == ""
-    message = _one_error_line(err)
     for word in words:
         assert word in message
 
@@ -323,13 +329,9 @@ MODEL_DAMAGE = {
 @pytest.mark.parametrize("case", sorted(MODEL_DAMAGE))
 def test_broken_model_directory_is_one_line(case, model_dir, items_file, tmp_path, capsys):
     change, words = MODEL_DAMAGE[case]
-    model = _copy(model_dir, tmp_path / "model", change)
-    behaviors = tmp_path / "behaviors.csv"
-    behaviors.write_text(HEADER + GOOD_CSV, encoding="utf-8")
-    code, _, err = _run(capsys, "recommend", "--model", model, "--items", items_file,
-                        "--behaviors", behaviors)
+    code, _, message = _recommend_with(_copy(model_dir, tmp_path / "model", change),
+                                       items_file, tmp_path, capsys)
     assert code == 2
-    message = _one_error_line(err)
     for word in words:
         assert word in message
 
