@@ -47,6 +47,13 @@ whitespace, pure punctuation/symbol tokens and stopwords. The bundled stopword l
 stopwords-iso/stopwords-zh (MIT, see ``resources/README.md``). Stopwords are compared
 after normalisation, so the list's full-width entries ``０``-``９`` also drop the
 single-digit tokens ``0``-``9`` (``15`` in ``iphone 15`` is kept).
+
+Meaning survives cleaning: the bundled list also holds negations (``不``, ``别``, ``无``,
+``非``), degree words (``很``, ``最``, ``太``, ``好``) and contrast words (``但是``, ``却``), whose
+removal turns ``这个视频不好看`` into ``视频 好看``. With ``TextConfig.keep_meaning_words`` (the
+default) the words of :data:`MEANING_WORDS` are taken out of the bundled list, so they reach
+the encoder; a stopword file the user passes (``stopwords_path``) is used exactly as given.
+The keyword paths (the TF-IDF baseline) use the strict list (``keep_meaning_words=False``).
 """
 
 from __future__ import annotations
@@ -71,9 +78,20 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"invalid escape sequence")
     import jieba
 
-__all__ = ["BUNDLED_STOPWORDS_PATH", "TextConfig", "TextPipeline", "load_word_list"]
+__all__ = ["BUNDLED_STOPWORDS_PATH", "MEANING_WORDS", "TextConfig", "TextPipeline",
+           "load_word_list"]
 
 BUNDLED_STOPWORDS_PATH = str(Path(__file__).resolve().parent / "resources" / "stopwords-zh.txt")
+
+# Words of the bundled stopword list that change what a text says: negations, degree words,
+# contrast and evaluative words. Kept for the encoder when TextConfig.keep_meaning_words.
+MEANING_WORDS = frozenset("""
+不 不是 不如 不成 不得 不然 不比 不尽 不尽然 不至于 不怕 不过 没 没有 没奈何 别 别说 别管 无 非 非但
+未 莫 勿 毋 毋宁 莫如 莫若 莫不然 要不 要不是 若非 除非 否则
+很 最 更 太 挺 多么 极了 好 大 小 多 甚至 甚至于 一般
+但 但是 可是 然而 却 反而 而是 虽 虽然 虽说 虽则 只是
+可以 能 会 要
+""".split())
 
 # normalize() re-runs its steps until the text is stable; real texts need at most two rounds.
 _MAX_ROUNDS = 6
@@ -164,9 +182,10 @@ class TextConfig:
     extra_stopwords_path: str | None = None  # added to the list above
     user_dict_path: str | None = None        # jieba user dictionary ("word [freq] [tag]")
     max_chars: int = 2000                    # normalised text is cut to this length
+    keep_meaning_words: bool = True          # bundled list minus MEANING_WORDS (see above)
 
     def __post_init__(self) -> None:
-        for name in ("scrub_pii", "lowercase", "remove_stopwords"):
+        for name in ("scrub_pii", "lowercase", "remove_stopwords", "keep_meaning_words"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"TextConfig.{name} must be True or False, got {value!r}")
@@ -469,7 +488,12 @@ class TextPipeline:
         """Load the stopword list(s) and normalise every entry like the text."""
         if not self._config.remove_stopwords:
             return frozenset()
-        raw = load_word_list(self._config.stopwords_path or BUNDLED_STOPWORDS_PATH)
+        if self._config.stopwords_path:
+            raw = load_word_list(self._config.stopwords_path)
+        else:
+            raw = load_word_list(BUNDLED_STOPWORDS_PATH)
+            if self._config.keep_meaning_words:
+                raw -= MEANING_WORDS
         if self._config.extra_stopwords_path:
             raw |= load_word_list(self._config.extra_stopwords_path)
         normalized = {self.normalize(word) for word in raw}

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from bert_rec.text import BUNDLED_STOPWORDS_PATH, TextConfig, TextPipeline, load_word_list
+from bert_rec.text import (BUNDLED_STOPWORDS_PATH, MEANING_WORDS, TextConfig, TextPipeline,
+                           load_word_list)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -317,6 +318,7 @@ def test_config_round_trip(tmp_path):
     assert TextConfig().to_dict() == {
         "scrub_pii": True, "lowercase": True, "remove_stopwords": True, "stopwords_path": None,
         "extra_stopwords_path": None, "user_dict_path": None, "max_chars": 2000,
+        "keep_meaning_words": True,
     }
 
 
@@ -351,3 +353,37 @@ def test_import_is_light_and_quiet():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "北京 大学生 前来 应聘"
     assert proc.stderr == ""
+
+
+# ------------------------------------------------------------------ meaning survives cleaning
+@pytest.mark.parametrize("text, kept", [
+    ("我不喜欢这个", ["不", "喜欢"]),
+    ("这个视频不好看", ["视频", "不", "好看"]),
+    ("不推荐", ["不", "推荐"]),
+    ("太无聊了", ["太", "无聊"]),
+    ("画质好差,喜剧不是这么拍的", ["画质", "好差", "喜剧", "不是", "拍"]),
+    ("并不是很喜欢", ["不是", "很", "喜欢"]),
+    ("虽然画质不错但是剧情很差", ["虽然", "画质", "不错", "但是", "剧情", "很差"]),
+    ("很一般", ["很", "一般"]),
+    ("别再推了", ["别", "推"]),
+])
+def test_negations_and_degree_words_survive(text, kept):
+    assert TextPipeline().words(text) == kept
+
+
+def test_meaning_flips_are_not_cleaned_away():
+    """With the strict list a complaint and praise clean to the same words; not any more."""
+    pipeline, strict = TextPipeline(), TextPipeline(TextConfig(keep_meaning_words=False))
+    for praise, complaint in [("这个视频好看", "这个视频不好看"), ("喜欢这个", "不喜欢这个"),
+                              ("推荐", "不推荐"), ("很好看", "不是很好看")]:
+        assert strict.clean(praise) == strict.clean(complaint)
+        assert pipeline.clean(praise) != pipeline.clean(complaint)
+
+
+def test_user_stopword_list_is_used_as_given(tmp_path):
+    own = tmp_path / "stop.txt"
+    own.write_text("不\n视频\n", encoding="utf-8")
+    pipeline = TextPipeline(TextConfig(stopwords_path=str(own)))
+    assert pipeline.words("这个视频不好看") == ["这个", "好看"]
+    assert TextPipeline().stopwords == TextPipeline(TextConfig(
+        keep_meaning_words=False)).stopwords - MEANING_WORDS
