@@ -77,7 +77,7 @@ def command():
 
 def write_result(name, figures, summary=None):
     """Write ``bench/results/<name>.json`` and merge ``summary`` into summary.json."""
-    from bert_rec.atomic import write_text  # noqa: PLC0415
+    from bert_rec.utils.atomic import write_text  # noqa: PLC0415
     os.makedirs(RESULTS, exist_ok=True)
     record = {"benchmark": name, "command": command(), "environment": environment(),
               **figures}

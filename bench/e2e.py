@@ -33,25 +33,67 @@ from simdata import dataset  # noqa: E402
 
 def naive_recommend(rec, history, k):
     """One user, nothing shared with other users: the path the batched one must beat."""
-    from bert_rec.recommend import _top_rows, text_unit_rows, user_units  # noqa: PLC0415
-    config, encoder = rec.config, rec.encoder
+    from bert_rec.retrieval import best_k  # noqa: PLC0415
+    from bert_rec.units import text_unit_rows, user_units  # noqa: PLC0415
+    config, encoder, towers, catalogue = rec.config, rec.encoder, rec.towers, rec.catalogue
     recent = history[-config.scoring.max_history:]
     item_ids = list(dict.fromkeys(b.item_id for b in recent))
-    item_raw = encoder.encode([rec.items[rec.item_index[i]].full_text() for i in item_ids],
+    item_raw = encoder.encode([catalogue.items[catalogue.rows[i]].full_text() for i in item_ids],
                               max_len=config.item_max_len)
-    id_rows = [rec.id_vocab.get(i, rec.tower.num_ids) for i in item_ids]
+    id_rows = [rec.id_vocab.get(i, towers.num_ids) for i in item_ids]
     distinct, text_rows = text_unit_rows((b.text for b in recent), encoder.pipeline,
                                          offset=len(item_ids))
-    vectors = [rec.project(item_raw, id_rows)]
+    vectors = [towers.project(item_raw, id_rows)]
     if distinct:
-        vectors.append(rec.project(encoder.encode(distinct, max_len=config.text_max_len,
-                                                  clean=False)))
+        vectors.append(towers.project(encoder.encode(distinct, max_len=config.text_max_len,
+                                                     clean=False)))
     table = np.concatenate(vectors)  # [items + texts, D]
-    item_rows = {i: r for r, i in enumerate(item_ids)}
-    _, rows, weights, _ = user_units(history, config.scoring, item_rows, text_rows)
-    interest = rec.pooling([table[rows][None], weights[None]])  # [1, D]
-    scores = rec.cosine([interest, rec.item_vectors]).numpy()[0]  # [M]
-    return _top_rows(scores, rec._seen_rows(history), k)  # noqa: SLF001
+    units = user_units(history, config.scoring, {i: r for r, i in enumerate(item_ids)},
+                       text_rows)
+    _, _, scores = towers.score_units(table, units.rows[None], units.weights[None],
+                                      catalogue.vectors)  # [1, M]
+    return best_k(np.arange(len(catalogue.items)), scores[0], k,
+                  rec._seen_rows(history))  # noqa: SLF001
+
+
+def timed(fn, *args, **kwargs):
+    """(result, seconds) of one call."""
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def compare_naive(rec, histories, fast, n_users, k):
+    """Time the naive path on ``n_users`` random users and compare its top-k with ``fast``."""
+    pick = np.random.default_rng(0).choice(len(histories), min(n_users, len(histories)),
+                                           replace=False)
+    users = [list(histories)[i] for i in sorted(pick)]
+    naive, seconds = timed(lambda: {u: naive_recommend(rec, histories[u], k) for u in users})
+    by_user = {r.user_id: r for r in fast}
+    same = diff = 0
+    worst = 0.0
+    items = rec.catalogue.items
+    for u in users:
+        rows, scores = naive[u]
+        fast_ids = [item.item_id for item in by_user[u].items]
+        same += fast_ids == [items[r].item_id for r in rows]
+        diff += set(fast_ids) != {items[r].item_id for r in rows}
+        worst = max(worst, float(np.max(np.abs(
+            np.array([i.score for i in by_user[u].items]) - scores))))
+    return {"naive_users": len(users), "naive_s": seconds, "identical_top_k": same,
+            "different_sets": diff, "max_score_difference": worst}
+
+
+def disk_cache_runs(items, histories, k):
+    """Seconds of a full run (load, index, recommend) with an empty, then a warm encode cache."""
+    from bert_rec.recommend import Recommender  # noqa: PLC0415
+    cache_dir = os.path.join(SCRATCH, "e2e-cache")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    seconds = []
+    for _ in range(2):
+        seconds.append(timed(lambda: Recommender.load(TINY, cache_dir=cache_dir).index_items(
+            items).recommend(histories, k=k, explain=0))[1])
+    return seconds
 
 
 def main(argv=None):
@@ -74,55 +116,22 @@ def main(argv=None):
           f"{len(behaviors):,} behaviours, {n_texts:,} distinct behaviour texts", file=sys.stderr)
 
     rec = Recommender.load(TINY)
-    started = time.perf_counter()
-    rec.index_items(items)
-    index_seconds = time.perf_counter() - started
+    _, index_seconds = timed(rec.index_items, items)
     warm = {u: histories[u] for u in list(histories)[:64]}
     rec.recommend(warm, k=args.k, explain=0)  # trace the functions once
     naive_recommend(rec, next(iter(warm.values())), args.k)
-
-    started = time.perf_counter()
-    fast = rec.recommend(histories, k=args.k, explain=0)
-    fast_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    rec.recommend(histories, k=args.k, explain=3)
-    explained_seconds = time.perf_counter() - started
-
-    pick = np.random.default_rng(0).choice(len(histories), min(args.naive_users,
-                                                               len(histories)), replace=False)
-    users = [list(histories)[i] for i in sorted(pick)]
-    started = time.perf_counter()
-    naive = {u: naive_recommend(rec, histories[u], args.k) for u in users}
-    naive_seconds = time.perf_counter() - started
-    by_user = {r.user_id: r for r in fast}
-    same = diff = 0
-    worst = 0.0
-    for u in users:
-        rows, scores = naive[u]
-        fast_ids = [item.item_id for item in by_user[u].items]
-        same += fast_ids == [rec.items[r].item_id for r in rows]
-        diff += set(fast_ids) != {rec.items[r].item_id for r in rows}
-        worst = max(worst, float(np.max(np.abs(
-            np.array([i.score for i in by_user[u].items]) - scores))))
-
-    # Warm run: an on-disk encode cache filled by a first run, as a second `bert-rec recommend`.
-    cache_dir = os.path.join(SCRATCH, "e2e-cache")
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    cached = Recommender.load(TINY, cache_dir=cache_dir)
-    cold_start = time.perf_counter()
-    cached.index_items(items).recommend(histories, k=args.k, explain=0)
-    cold_cache = time.perf_counter() - cold_start
-    cached = Recommender.load(TINY, cache_dir=cache_dir)
-    warm_start = time.perf_counter()
-    cached.index_items(items).recommend(histories, k=args.k, explain=0)
-    warm_cache = time.perf_counter() - warm_start
+    fast, fast_seconds = timed(rec.recommend, histories, k=args.k, explain=0)
+    _, explained_seconds = timed(rec.recommend, histories, k=args.k, explain=3)
+    naive = compare_naive(rec, histories, fast, args.naive_users, args.k)
+    cold_cache, warm_cache = disk_cache_runs(items, histories, args.k)
 
     n = len(histories)
-    fast_rate, naive_rate = n / fast_seconds, len(users) / naive_seconds
+    fast_rate, naive_rate = n / fast_seconds, naive["naive_users"] / naive["naive_s"]
     runs = [  # (path, users, seconds); users/s and the speed-up over naive follow
         ("bert_rec (batched, distinct texts once)", n, fast_seconds),
         ("bert_rec with explanations (3 per item)", n, explained_seconds),
-        (f"naive per-user (random {len(users)} users)", len(users), naive_seconds),
+        (f"naive per-user (random {naive['naive_users']} users)", naive["naive_users"],
+         naive["naive_s"]),
         ("bert_rec incl. catalogue encoding, empty disk cache", n, cold_cache),
         ("same, second run (disk cache warm)", n, warm_cache),
     ]
@@ -130,16 +139,15 @@ def main(argv=None):
     print(f"\n{len(items):,} simulated items, {n:,} simulated users, top-{args.k}; catalogue "
           f"encoding {index_seconds:.1f} s (shared by both paths, not in the first rows)\n")
     table(["path", "users", "seconds", "users/s", "speed-up vs naive"], runs)
-    print(f"\nnaive vs batched on {len(users)} users: identical top-{args.k} lists "
-          f"{same}/{len(users)}, different item sets {diff}, largest score difference "
-          f"{worst:.2e}")
+    print(f"\nnaive vs batched on {naive['naive_users']} users: identical top-{args.k} lists "
+          f"{naive['identical_top_k']}/{naive['naive_users']}, different item sets "
+          f"{naive['different_sets']}, largest score difference "
+          f"{naive['max_score_difference']:.2e}")
     figures = {"items": len(items), "users": n, "behaviors": len(behaviors),
                "distinct_behavior_texts": n_texts, "catalogue_encoding_s": index_seconds,
                "batched_s": fast_seconds, "batched_users_per_s": fast_rate,
-               "explained_s": explained_seconds, "naive_users": len(users),
-               "naive_s": naive_seconds, "naive_users_per_s": naive_rate,
-               "speedup": fast_rate / naive_rate, "identical_top_k": same,
-               "different_sets": diff, "max_score_difference": worst,
+               "explained_s": explained_seconds, "naive_users_per_s": naive_rate,
+               "speedup": fast_rate / naive_rate, **naive,
                "with_catalogue_empty_cache_s": cold_cache,
                "with_catalogue_warm_cache_s": warm_cache}
     write_result("e2e", figures, {"e2e_speedup_vs_naive": fast_rate / naive_rate})

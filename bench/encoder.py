@@ -36,7 +36,7 @@ def catalogue_texts():
 
 
 def measure(name, texts, batch_size, repeats, peak):
-    from bert_rec.models import TextEncoder, plan_batches  # noqa: PLC0415
+    from bert_rec.encoder import TextEncoder, plan_batches  # noqa: PLC0415
     encoder = TextEncoder(random_checkpoint(name), batch_size=batch_size)
     cleaned = list(dict.fromkeys(encoder.pipeline.clean_many(texts)))  # distinct, as encode does
     max_len = min(64, encoder.max_position)

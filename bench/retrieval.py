@@ -75,7 +75,7 @@ class Method:
 
 
 def methods(ids):
-    from bert_rec.index import ItemIndex  # noqa: PLC0415
+    from bert_rec.retrieval import ItemIndex  # noqa: PLC0415
 
     def item_index(backend):
         def build(vectors):

@@ -39,7 +39,7 @@ def child(name, mode, args):
     from bert_rec.data import group_by_user, read_behaviors, read_items  # noqa: PLC0415
     from bert_rec.recommend import Recommender  # noqa: PLC0415
     from bert_rec.training import Trainer  # noqa: PLC0415
-    from bert_rec.training_config import TrainConfig  # noqa: PLC0415
+    from bert_rec.config import TrainConfig  # noqa: PLC0415
 
     sample = os.path.join(ROOT, "data", "sample")
     items, _ = read_items(os.path.join(sample, "items.jsonl"))

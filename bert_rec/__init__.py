@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Recommender": "recommend",
-    "TextEncoder": "models",
+    "TextEncoder": "encoder",
     "ModelConfig": "config",
     "ScoringConfig": "config",
     "TextConfig": "text",
@@ -34,7 +34,7 @@ def save_model(model, path):
 
 def __getattr__(name):
     if name == "custom_objects":  # for tf_keras.models.load_model on the .h5 files
-        from .export import custom_objects  # noqa: PLC0415
+        from .model_dir import custom_objects  # noqa: PLC0415
         return custom_objects
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

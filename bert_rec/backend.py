@@ -77,7 +77,9 @@ def _import_bert4keras():
 
 
 _b4k_backend = _import_bert4keras()
-assert _b4k_backend.keras is keras, "bert4keras did not pick up tf_keras"
+if _b4k_backend.keras is not keras:
+    raise ImportError("bert4keras did not pick up tf_keras: import bert_rec (or bert_rec.backend) "
+                      "before bert4keras, and install tf-keras==2.21.0 (requirements-nodeps.txt)")
 K = keras.backend
 
 from bert4keras import layers as b4k_layers  # noqa: E402

@@ -10,16 +10,15 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
 import zipfile
 
 import numpy as np
 
-from .atomic import replace_dir, staging_dir  # noqa: F401  (re-exported)
 from .backend import build_transformer_model, reset_initializer_counter, tf, write_bert_checkpoint
-from .tokenization import write_vocab
+from .tokenization import read_vocab_tokens, write_vocab
+from .utils.atomic import staged_dir
 
-CONFIG_NAME = "bert_config.json"
+BERT_CONFIG_NAME = "bert_config.json"
 VOCAB_NAME = "vocab.txt"
 CKPT_PREFIX = "bert_model.ckpt"
 REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -53,19 +52,19 @@ def find_checkpoint(directory):
     """Validate a Google-format checkpoint directory and return its CheckpointFiles."""
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory. Pass the folder that holds "
-                              f"{CONFIG_NAME}, {VOCAB_NAME} and {CKPT_PREFIX}.* "
+                              f"{BERT_CONFIG_NAME}, {VOCAB_NAME} and {CKPT_PREFIX}.* "
                               f"(see checkpoints/README.md)")
-    config_path = os.path.join(directory, CONFIG_NAME)
+    config_path = os.path.join(directory, BERT_CONFIG_NAME)
     vocab_path = os.path.join(directory, VOCAB_NAME)
     for path in (config_path, vocab_path):
         if not os.path.isfile(path):
             raise CheckpointError(f"{directory}: missing {os.path.basename(path)}. A Google-format "
-                                  f"BERT checkpoint has {CONFIG_NAME}, {VOCAB_NAME} and "
+                                  f"BERT checkpoint has {BERT_CONFIG_NAME}, {VOCAB_NAME} and "
                                   f"{CKPT_PREFIX}.index/.data-*; copy the whole folder")
     config = _read_config(config_path)
     vocab_lines = _count_lines(vocab_path)
     if vocab_lines != int(config["vocab_size"]):
-        raise CheckpointError(f"{vocab_path} has {vocab_lines} lines but {CONFIG_NAME} says "
+        raise CheckpointError(f"{vocab_path} has {vocab_lines} lines but {BERT_CONFIG_NAME} says "
                               f"vocab_size {config['vocab_size']}: pass the vocab that came with "
                               f"the checkpoint")
     ckpt_prefix = _find_ckpt_prefix(directory)
@@ -74,13 +73,11 @@ def find_checkpoint(directory):
 
 
 def _count_lines(path):
-    """Lines of a UTF-8 text file; a file in another encoding is a CheckpointError."""
+    """Lines of vocab.txt; a file in another encoding is a CheckpointError."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return sum(1 for _ in f)
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); pass the "
-                              f"vocab.txt that came with the checkpoint") from None
+        return len(read_vocab_tokens(path))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _read_config(path):
@@ -140,12 +137,12 @@ def _check_variables(prefix, config):
     expected = [int(config["vocab_size"]), int(config["hidden_size"])]
     if list(shapes[WORD_EMBEDDINGS]) != expected:
         raise CheckpointError(f"{prefix}: {WORD_EMBEDDINGS} has shape {shapes[WORD_EMBEDDINGS]} "
-                              f"but {CONFIG_NAME} implies {expected}: the config and the "
+                              f"but {BERT_CONFIG_NAME} implies {expected}: the config and the "
                               f"weights come from different models")
     layers = len({name.split("/")[2] for name in shapes if name.startswith("bert/encoder/layer_")})
     if layers != int(config["num_hidden_layers"]):
         raise CheckpointError(f"{prefix}: the checkpoint has {layers} transformer layers but "
-                              f"{CONFIG_NAME} says num_hidden_layers "
+                              f"{BERT_CONFIG_NAME} says num_hidden_layers "
                               f"{config['num_hidden_layers']}: the config and the weights come "
                               f"from different models")
 
@@ -178,7 +175,7 @@ def load_bert(files, with_pool=False, with_mlm=False, with_nsp=False, load_weigh
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{files.ckpt_prefix}: cannot load the weights ({first}); the "
-                              f"files are damaged or do not match {CONFIG_NAME}: copy the "
+                              f"files are damaged or do not match {BERT_CONFIG_NAME}: copy the "
                               f"checkpoint again") from None
 
 
@@ -205,7 +202,7 @@ def write_checkpoint_files(transformer, config, vocab_tokens, directory):
     """Write bert_config.json, vocab.txt and bert_model.ckpt.* into an existing directory."""
     if len(vocab_tokens) != config["vocab_size"]:
         raise ValueError(f"{len(vocab_tokens)} vocab tokens but vocab_size {config['vocab_size']}")
-    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+    with open(os.path.join(directory, BERT_CONFIG_NAME), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
     write_vocab(vocab_tokens, os.path.join(directory, VOCAB_NAME))
@@ -253,13 +250,9 @@ def save_checkpoint(transformer, config, vocab_tokens, out_dir):
     Files go to a temporary sibling folder that is renamed over ``out_dir`` at the end, so an
     interrupted write never leaves a half-written checkpoint where the old one was.
     """
-    tmp = staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as tmp:
         write_checkpoint_files(transformer, config, vocab_tokens, tmp)
-        return replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return os.path.abspath(out_dir)
 
 
 def create_random_checkpoint(out_dir, vocab_tokens, seed=0, with_heads=True, **config_kwargs):

@@ -5,30 +5,32 @@ models (the given model and its zero-shot form) and the bar chart.
 """
 
 
-from .atomic import save_figure
 from .evaluation import evaluate_scores, run_baselines
 from .recommend import Recommender
+from .utils.atomic import save_figure
 
 METHOD_ORDER = ("bert_rec", "zero_shot", "itemknn", "tfidf", "popularity")
 
 
-def evaluate_all(model_path, items, cases, k=10, cache_dir=None):
+def evaluate_all(model_path, items, cases, k=10, cache_dir=None, overrides=None):
     """{method: metrics} for bert_rec, zero_shot and the baselines, on the same cases.
 
     ``zero_shot`` is the model's encoder with the zero-shot head (weighted-mean pooling,
     BERT-whitening fitted on these items); for a raw checkpoint directory it equals bert_rec.
-    ``cache_dir``: the encode cache (``Recommender.load``).
+    The baselines weigh behaviours with the model's scoring settings. ``cache_dir`` and
+    ``overrides``: as for ``Recommender.load``.
     """
     results = {}
-    model = Recommender.load(model_path, cache_dir=cache_dir).index_items(items)
+    model = Recommender.load(model_path, cache_dir=cache_dir,
+                             overrides=overrides).index_items(items)
     results["bert_rec"] = _evaluate(model, cases, items, k)
     if model.trained:
-        zero_shot = Recommender.load(model_path, zero_shot=True,
-                                     cache_dir=cache_dir).index_items(items)
+        zero_shot = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir,
+                                     overrides=overrides).index_items(items)
         results["zero_shot"] = _evaluate(zero_shot, cases, items, k)
     else:
         results["zero_shot"] = dict(results["bert_rec"])
-    results.update(run_baselines(items, cases, k=k))
+    results.update(run_baselines(items, cases, k=k, weights=model.config.scoring))
     return {name: results[name] for name in METHOD_ORDER}
 
 

@@ -1,6 +1,8 @@
 """Configuration dataclasses, saved as JSON beside every model (``bert_rec.json``).
 
-No TensorFlow here: the CLI reads and validates configs before paying for a TF import.
+``ModelConfig`` (with ``TextConfig`` and ``ScoringConfig``) describes a model; ``TrainConfig``
+and ``PretrainConfig`` the two training commands. No TensorFlow here: the CLI reads and
+validates configs before paying for a TF import.
 """
 
 import dataclasses
@@ -9,9 +11,12 @@ import math
 
 from .text import TextConfig
 
-CONFIG_NAME = "bert_rec.json"
+MODEL_CONFIG_NAME = "bert_rec.json"
 FORMAT_VERSION = 1
 WHITENINGS = ("none", "center", "whiten")
+POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
+# Weight of each behaviour type in the user's interest (and in the baselines' profiles).
+DEFAULT_BEHAVIOR_WEIGHTS = {"view": 1.0, "click": 2.0, "rate": 3.0, "comment": 3.0}
 
 
 def _from_dict(cls, data, where):
@@ -26,7 +31,7 @@ def _from_dict(cls, data, where):
     return cls(**data)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ScoringConfig:
     """How a user's behaviours are weighted into the interest vector.
 
@@ -37,8 +42,8 @@ class ScoringConfig:
     vector, its text's, with ``text_weight`` times that weight. Only the latest ``max_history``
     behaviours are pooled; every seen item is still excluded when ``exclude_seen``.
     """
-    behavior_weights: dict = dataclasses.field(default_factory=lambda: {
-        "view": 1.0, "click": 2.0, "rate": 3.0, "comment": 3.0})
+    behavior_weights: dict = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_BEHAVIOR_WEIGHTS))
     default_behavior_weight: float = 1.0
     rating_max: float = 5.0
     half_life_days: float = 14.0
@@ -55,13 +60,17 @@ class ScoringConfig:
             raise ValueError(f"rating_max must be > 0, got {self.rating_max}")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}")
+        # Behaviour names match ignoring case, as the readers match them.
+        object.__setattr__(self, "_folded", {name.casefold(): float(weight)
+                                             for name, weight in self.behavior_weights.items()})
 
     def behavior_weight(self, behavior):
-        """The configured weight of a behaviour name (``default_behavior_weight`` if unlisted)."""
-        return float(self.behavior_weights.get(behavior, self.default_behavior_weight))
+        """The configured weight of a behaviour name, ignoring case
+        (``default_behavior_weight`` if unlisted)."""
+        return self._folded.get(behavior.casefold(), float(self.default_behavior_weight))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a bert_rec model besides its weights and vocab.
 
@@ -81,8 +90,9 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        if self.pooling not in ("mean", "cls", "pooler"):
-            raise ValueError(f"pooling must be mean, cls or pooler, got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, "
+                             f"got {self.pooling!r}")
         if self.whitening not in WHITENINGS:
             raise ValueError(f"whitening must be one of {', '.join(WHITENINGS)}, "
                              f"got {self.whitening!r}")
@@ -95,8 +105,15 @@ class ModelConfig:
         data["text"] = self.text.to_dict()
         return data
 
+    def replace(self, **changes):
+        """A copy with ``changes``; ``text`` and ``scoring`` may be dicts of their own changes."""
+        for name in ("text", "scoring"):
+            if isinstance(changes.get(name), dict):
+                changes[name] = dataclasses.replace(getattr(self, name), **changes[name])
+        return dataclasses.replace(self, **changes)
+
     @classmethod
-    def from_dict(cls, data, where=CONFIG_NAME):
+    def from_dict(cls, data, where=MODEL_CONFIG_NAME):
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
@@ -107,6 +124,7 @@ class ModelConfig:
         return _from_dict(cls, {**data, "text": text, "scoring": scoring}, where)
 
     def save(self, path):
+        """Write the config as JSON (into a staging directory, or atomically by the caller)."""
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, ensure_ascii=False, indent=2, sort_keys=True)
             f.write("\n")
@@ -119,3 +137,89 @@ class ModelConfig:
         except ValueError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data, where=path)
+
+
+# -- training commands -----------------------------------------------------------------------
+OBJECTIVES = ("softmax", "click", "both")
+SCRATCH_LEARNING_RATE = 1e-3   # bert-rec pretrain from scratch
+CONTINUE_LEARNING_RATE = 5e-5  # bert-rec pretrain --init CKPT (domain-adaptive)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of ``bert-rec train`` (saved in ``training/config.json``)."""
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    encoder_learning_rate: float = 5e-5
+    temperature: float = 0.1
+    train_layers: int = 0
+    extra_negatives: int = 256
+    logq_correction: bool = True
+    id_embeddings: bool = True
+    attention_units: int = 64
+    objective: str = "softmax"
+    click_weight: float = 0.5
+    patience: int = 4
+    k: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, "
+                             f"got {self.objective!r}")
+        for name in ("epochs", "batch_size", "k", "attention_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.train_layers < 0 or self.extra_negatives < 0 or self.temperature <= 0:
+            raise ValueError("train_layers and extra_negatives must be >= 0, temperature > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Hyper-parameters of ``bert-rec pretrain`` (saved in ``pretraining.json``).
+
+    ``init_checkpoint``: continue that checkpoint (its vocabulary and architecture are kept, so
+    the size settings are ignored); None trains a ``num_layers`` x ``hidden_size`` BERT from
+    scratch with a vocabulary built from the corpus (characters and ASCII words seen
+    ``min_count`` times, at most ``max_vocab`` tokens). ``max_position`` (default ``max_len``)
+    is the model's position table; sequences are cut to ``max_len`` tokens. ``holdout_texts``
+    single texts (corpus lines, else behaviour texts) are kept out of training, and the
+    masked-LM loss and accuracy on them are reported after every epoch.
+    ``learning_rate`` defaults to 1e-3 from scratch and 5e-5 when continuing.
+    """
+    init_checkpoint: str | None = None
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    max_len: int = 64
+    max_position: int | None = None
+    max_vocab: int | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float | None = None
+    nsp: bool = False
+    seed: int = 0
+    min_count: int = 2
+    holdout_texts: int = 0
+
+    def __post_init__(self):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("max_len", 8), ("min_count", 1),
+                          ("hidden_size", 1), ("num_layers", 1), ("num_heads", 1),
+                          ("holdout_texts", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads "
+                             f"{self.num_heads}")
+        if self.max_position is not None and self.max_position < self.max_len:
+            raise ValueError(f"max_position {self.max_position} must be >= max_len "
+                             f"{self.max_len}")
+        if self.max_vocab is not None and self.max_vocab < 100:
+            raise ValueError(f"max_vocab must be >= 100, got {self.max_vocab}")
+
+    @property
+    def peak_learning_rate(self):
+        if self.learning_rate:
+            return self.learning_rate
+        return CONTINUE_LEARNING_RATE if self.init_checkpoint else SCRATCH_LEARNING_RATE

@@ -1,35 +1,19 @@
-"""The text encoder: a bert4keras BERT + mask-aware pooling, as a functional Keras model.
+"""Texts -> vectors with one BERT (``TextEncoder``).
 
-``TextEncoder`` wraps it for raw texts: clean (text.py) -> tokenize -> length-bucketed,
-dynamically padded batches -> one traced ``tf.function`` -> ``[N, H]`` float32 vectors.
+Raw texts are cleaned (text.py), tokenised (tokenization.py), cut into length-bucketed,
+dynamically padded batches and run through the text encoder model (models.py: BERT + pooling)
+in one traced ``tf.function``, giving ``[N, H]`` float32 vectors. Each distinct text is encoded
+once per call, and with an encode cache (utils/encode_cache.py) once across runs.
 """
 
 import numpy as np
 
-from .backend import keras, tf
+from .backend import tf
 from .checkpoint import find_checkpoint, load_bert
-from .layers import TokenPooling
+from .models import build_text_encoder
 from .text import TextPipeline
 from .tokenization import encode_texts, load_tokenizer, pad_batch
-from .progress import progress_bar
-
-
-def build_text_encoder(bert, pooling="mean"):
-    """Functional model ``token_ids [B, L], segment_ids [B, L] -> vector [B, H]``.
-
-    ``bert`` is the bert4keras Keras model (built ``with_pool=True`` for ``pooling='pooler'``);
-    it is nested as one layer, so its own layer names (the checkpoint mapping) stay untouched.
-    """
-    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
-    outputs = bert([token_ids, segment_ids])
-    if pooling == "pooler":
-        vector = outputs  # [B, H], tanh(W h_cls) from the checkpoint's pooler
-    elif pooling in ("mean", "cls"):
-        vector = TokenPooling(mode=pooling, name=f"{pooling}_pooling")([outputs, token_ids])
-    else:
-        raise ValueError(f"pooling must be mean, cls or pooler, got {pooling!r}")
-    return keras.Model([token_ids, segment_ids], vector, name="text_encoder")
+from .utils.progress import progress_bar
 
 
 class TextEncoder:
@@ -62,7 +46,7 @@ class TextEncoder:
         only while the live weights are the files' (set ``cache = None`` before training them).
         Returns the cache.
         """
-        from .encode_cache import EncodeCache, model_fingerprint  # noqa: PLC0415
+        from .utils.encode_cache import EncodeCache, model_fingerprint  # noqa: PLC0415
         self.cache = EncodeCache(root, model_fingerprint(self.files, self.pooling), dim=self.dim)
         return self.cache
 

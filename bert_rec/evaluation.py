@@ -29,24 +29,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import DEFAULT_BEHAVIOR_WEIGHTS, ScoringConfig
 from .data import Behavior, Item
+from .retrieval import best_k
 
 __all__ = [
-    "DEFAULT_WEIGHTS",
     "Case",
     "ItemKNN",
     "Popularity",
     "TfidfContent",
     "evaluate_scores",
-    "format_table",
+    "format_metrics",
     "item_index",
     "leave_last_out",
     "run_baselines",
     "target_ranks",
 ]
 
-DEFAULT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "rate": 3.0, "comment": 3.0}
-UNKNOWN_BEHAVIOR_WEIGHT = 1.0  # weight of a behaviour name missing from `weights` (extra configured names)
 METRICS = ("hr", "ndcg", "mrr", "coverage")
 
 
@@ -156,8 +155,7 @@ def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> set[int]:
     seen: set[int] = set()
     for row_scores, row_mask in zip(scores, mask):
         columns = np.flatnonzero(row_mask)
-        order = np.argsort(-row_scores[columns], kind="stable")[:k]
-        seen.update(columns[order].tolist())
+        seen.update(best_k(columns, row_scores[columns], k)[0].tolist())
     return seen
 
 
@@ -198,14 +196,12 @@ def evaluate_scores(score_fn: Callable[[list[Case]], np.ndarray], cases: Sequenc
 # --------------------------------------------------------------------------- baselines
 
 
-def _weight_of(weights: Mapping[str, float], behavior: str) -> float:
-    """Weight of one behaviour name, matched ignoring case; unknown names weigh UNKNOWN_BEHAVIOR_WEIGHT."""
-    return float(weights.get(behavior.casefold(), UNKNOWN_BEHAVIOR_WEIGHT))
-
-
-def _normalise_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
-    """Casefold the keys of `weights` (default DEFAULT_WEIGHTS)."""
-    return {name.casefold(): float(value) for name, value in (weights or DEFAULT_WEIGHTS).items()}
+def _scoring(weights: Mapping[str, float] | ScoringConfig | None) -> ScoringConfig:
+    """The behaviour weights as a ScoringConfig: the model's, a {name: weight} table, or the
+    default table (config.DEFAULT_BEHAVIOR_WEIGHTS); names match ignoring case."""
+    if isinstance(weights, ScoringConfig):
+        return weights
+    return ScoringConfig(behavior_weights=dict(weights or DEFAULT_BEHAVIOR_WEIGHTS))
 
 
 class _Baseline:
@@ -213,8 +209,8 @@ class _Baseline:
 
     name = "baseline"
 
-    def __init__(self, weights: Mapping[str, float] | None = None):
-        self.weights = _normalise_weights(weights)
+    def __init__(self, weights: Mapping[str, float] | ScoringConfig | None = None):
+        self.scoring = _scoring(weights)
         self.index: dict[str, int] | None = None
 
     def _require_fit(self) -> dict[str, int]:
@@ -230,7 +226,7 @@ class _Baseline:
             for event in case.history:
                 column = index.get(event.item_id)
                 if column is not None:
-                    matrix[row, column] += _weight_of(self.weights, event.behavior)
+                    matrix[row, column] += self.scoring.behavior_weight(event.behavior)
         return matrix
 
     def _interactions(self, cases: Sequence[Case]) -> np.ndarray:
@@ -272,7 +268,8 @@ class ItemKNN(_Baseline):
 
     name = "itemknn"
 
-    def __init__(self, neighbors: int = 50, weights: Mapping[str, float] | None = None):
+    def __init__(self, neighbors: int = 50,
+                 weights: Mapping[str, float] | ScoringConfig | None = None):
         super().__init__(weights)
         if neighbors < 1:
             raise ValueError(f"neighbors must be at least 1; got {neighbors}")
@@ -324,7 +321,7 @@ class TfidfContent(_Baseline):
 
     name = "tfidf"
 
-    def __init__(self, weights: Mapping[str, float] | None = None,
+    def __init__(self, weights: Mapping[str, float] | ScoringConfig | None = None,
                  tokenize: Callable[[str], list[str]] | None = None):
         super().__init__(weights)
         self.tokenize = tokenize
@@ -334,8 +331,10 @@ class TfidfContent(_Baseline):
 
     def _tokenizer(self) -> Callable[[str], list[str]]:
         if self.tokenize is None:
-            from .text import TextPipeline  # imported lazily: jieba loads only when TF-IDF is used
-            self.tokenize = TextPipeline().words
+            # imported lazily: jieba loads only when TF-IDF is used. Keywords: the strict stopword
+            # list (negations and degree words are not content words of an item).
+            from .text import TextConfig, TextPipeline
+            self.tokenize = TextPipeline(TextConfig(keep_meaning_words=False)).words
         return self.tokenize
 
     def fit(self, items: Sequence[Item], cases: Sequence[Case]) -> TfidfContent:
@@ -390,9 +389,13 @@ class TfidfContent(_Baseline):
 
 
 def run_baselines(items: Sequence[Item], cases: Sequence[Case], k: int = 10,
-                  weights: Mapping[str, float] | None = None, neighbors: int = 50,
+                  weights: Mapping[str, float] | ScoringConfig | None = None, neighbors: int = 50,
                   tokenize: Callable[[str], list[str]] | None = None) -> dict[str, dict[str, float]]:
-    """Fit Popularity, ItemKNN and TfidfContent on the cases' histories and evaluate each at `k`."""
+    """Fit Popularity, ItemKNN and TfidfContent on the cases' histories and evaluate each at `k`.
+
+    ``weights``: the behaviour weights of the profiles (pass the model's ScoringConfig, so the
+    baselines weigh behaviours as the model does).
+    """
     models = (Popularity(), ItemKNN(neighbors=neighbors, weights=weights),
               TfidfContent(weights=weights, tokenize=tokenize))
     results: dict[str, dict[str, float]] = {}
@@ -402,7 +405,7 @@ def run_baselines(items: Sequence[Item], cases: Sequence[Case], k: int = 10,
     return results
 
 
-def format_table(results: Mapping[str, Mapping[str, float]], k: int) -> str:
+def format_metrics(results: Mapping[str, Mapping[str, float]], k: int) -> str:
     """Return a plain-text table of `results` (method -> metrics); the best value per column gets '*'."""
     headers = ["method", f"HR@{k}", f"NDCG@{k}", "MRR", f"Coverage@{k}"]
     best = {metric: max((row[metric] for row in results.values()), default=math.nan) for metric in METRICS}

@@ -1,16 +1,26 @@
-"""Custom Keras layers: mask-aware token pooling, weighted interest pooling, cosine scoring.
+"""Custom Keras layers: mask-aware token pooling, the interest layers of the user tower, the item
+tower, cosine scoring.
 
+The interest layers (``WeightedPooling``, ``AttentionPooling``) map a user's unit vectors
+``[B, N, D]`` and unit weights ``[B, N]`` to the interest ``[B, D]``; called with
+``return_attention=True`` they also return the pooling weights ``[B, N]`` the explanations use.
 Every layer mirrors its ``__init__`` kwargs in ``get_config`` and is registered, so models that
 use them save and reload (tests/test_layers.py round-trips each one).
 """
 
 from .backend import keras, tf
 
-POOLINGS = ("mean", "cls", "pooler")
+
+class _Pooling(keras.layers.Layer):
+    """A layer pooling [B, N, H] (+ side inputs) into [B, H]."""
+
+    def compute_output_shape(self, input_shape):
+        vectors_shape = input_shape[0]
+        return (vectors_shape[0], vectors_shape[-1])
 
 
 @keras.utils.register_keras_serializable(package="bert_rec")
-class TokenPooling(keras.layers.Layer):
+class TokenPooling(_Pooling):
     """[B, L, H] token states + [B, L] token ids -> [B, H] text vector.
 
     ``mean`` averages the non-padding tokens (id != 0, [CLS]/[SEP] included, as in
@@ -32,16 +42,12 @@ class TokenPooling(keras.layers.Layer):
         count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)  # [B, 1]
         return total / count  # [B, H]
 
-    def compute_output_shape(self, input_shape):
-        states_shape = input_shape[0]
-        return (states_shape[0], states_shape[-1])
-
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
 
 
 @keras.utils.register_keras_serializable(package="bert_rec")
-class WeightedPooling(keras.layers.Layer):
+class WeightedPooling(_Pooling):
     """[B, N, H] behaviour vectors + [B, N] weights -> [B, H] user interest vector.
 
     Each behaviour vector is L2-normalised first (so a long review doesn't outweigh a click by
@@ -58,25 +64,24 @@ class WeightedPooling(keras.layers.Layer):
         weights = tf.cast(weights, vectors.dtype)
         return tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
 
-    def call(self, inputs):
+    def call(self, inputs, return_attention=False):
         vectors, weights = inputs
         if self.normalize_inputs:
             vectors = tf.math.l2_normalize(vectors, axis=-1)  # [B, N, H]
         weights = tf.cast(weights, vectors.dtype)  # [B, N]
         total = tf.reduce_sum(vectors * weights[:, :, None], axis=1)  # [B, H]
         norm = tf.reduce_sum(weights, axis=1, keepdims=True)  # [B, 1]
-        return tf.math.divide_no_nan(total, norm)  # [B, H]
-
-    def compute_output_shape(self, input_shape):
-        vectors_shape = input_shape[0]
-        return (vectors_shape[0], vectors_shape[-1])
+        interest = tf.math.divide_no_nan(total, norm)  # [B, H]
+        if return_attention:
+            return interest, self.attention(vectors, weights)
+        return interest
 
     def get_config(self):
         return {**super().get_config(), "normalize_inputs": self.normalize_inputs}
 
 
 @keras.utils.register_keras_serializable(package="bert_rec")
-class AttentionPooling(keras.layers.Layer):
+class AttentionPooling(_Pooling):
     """Learnable attention over behaviours: [B, N, D] vectors + [B, N] prior weights -> [B, D].
 
     alpha_j = softmax_j(q . tanh(W v_j + b) + log w_j) over the behaviours with w_j > 0, then
@@ -106,14 +111,11 @@ class AttentionPooling(keras.layers.Layer):
         alpha = tf.nn.softmax(logits, axis=-1) * tf.cast(valid, vectors.dtype)  # [B, N]
         return tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha, axis=-1, keepdims=True))
 
-    def call(self, inputs):
+    def call(self, inputs, return_attention=False):
         vectors, weights = inputs
         alpha = self.attention(vectors, weights)  # [B, N]
-        return tf.einsum("bn,bnd->bd", alpha, tf.math.l2_normalize(vectors, axis=-1))  # [B, D]
-
-    def compute_output_shape(self, input_shape):
-        vectors_shape = input_shape[0]
-        return (vectors_shape[0], vectors_shape[-1])
+        interest = tf.einsum("bn,bnd->bd", alpha, tf.math.l2_normalize(vectors, axis=-1))
+        return (interest, alpha) if return_attention else interest  # [B, D] (, [B, N])
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

@@ -7,8 +7,10 @@ from the corpus, and writes the result as a Google-format checkpoint directory (
 ``load_bert`` / ``bert-rec recommend --model`` read like any other.
 
 The corpus is what bert_rec encodes at inference: each item's feature text
-(``Item.full_text()``) and the users' behaviour texts (comments, reviews, queries), cleaned by
-:class:`bert_rec.text.TextPipeline` into jieba words (stopwords removed).
+(``Item.full_text()``) and the users' behaviour texts (comments, reviews, queries), plus any
+plain-text corpus (``--corpus``, one text per line: how the shipped checkpoint learned general
+Chinese), all cleaned by :class:`bert_rec.text.TextPipeline` into jieba words (stopwords
+removed, negations and degree words kept) exactly as they are cleaned at inference.
 
 Masked LM uses whole-word masking over those jieba words (:func:`mask_whole_words`): about 15%
 of the tokens of a sequence are chosen, a word at a time, and each chosen token becomes
@@ -24,9 +26,7 @@ Training is a plain ``tf.GradientTape`` loop (Adam with linear warm-up and decay
 clipping) over length-bucketed, dynamically padded batches; one ``tf.function`` step traced once.
 """
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -35,15 +35,12 @@ import time
 import numpy as np
 
 from .backend import Tokenizer, build_transformer_model, keras, reset_initializer_counter, tf
-from .atomic import write_text
 from .checkpoint import (CheckpointError, bert_config, find_checkpoint, has_variable, load_bert,
                          save_checkpoint)
-from .progress import progress_bar
-from .tokenization import SPECIAL_TOKENS, build_char_vocab, load_tokenizer, pad_batch
-from .training_config import CONTINUE_LEARNING_RATE, SCRATCH_LEARNING_RATE
-
-# The argparse definition lives in cli.py (parsing must not import TensorFlow).
-from .cli import add_pretrain_parser as add_parser  # noqa: E402,F401
+from .config import PretrainConfig
+from .tokenization import SPECIAL_TOKENS, build_char_vocab, load_tokenizer, pad_batch, read_vocab
+from .utils.atomic import write_json
+from .utils.progress import progress_bar
 
 SUMMARY_NAME = "pretraining.json"
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
@@ -146,7 +143,7 @@ class _WordEncoder:
 def corpus_word_lists(items, behaviors=(), pipeline=None):
     """Cleaned word lists: item feature texts, then behaviour texts; empty ones dropped.
 
-    Returns ``(item_words {item_id: words}, behaviour_words [words, ...])``.
+    Returns ``(item_words {item_id: words}, behavior_words [words, ...])``.
     """
     if pipeline is None:
         from .text import TextPipeline  # noqa: PLC0415
@@ -156,9 +153,9 @@ def corpus_word_lists(items, behaviors=(), pipeline=None):
         words = pipeline.words(item.full_text())
         if words:
             item_words[item.item_id] = words
-    behaviour_words = [words for words in (pipeline.words(b.text) for b in behaviors if b.text)
+    behavior_words = [words for words in (pipeline.words(b.text) for b in behaviors if b.text)
                        if words]
-    return item_words, behaviour_words
+    return item_words, behavior_words
 
 
 def _chunks(words, limit):
@@ -378,8 +375,8 @@ _SIGNATURE = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
               tf.TensorSpec([None], tf.int32, name="nsp_labels")]
 
 
-class Trainer:
-    """The optimizer and training step of one transformer (a tf.function traced once)."""
+class MLMTrainer:
+    """The optimizer, training step and evaluation step of one transformer (traced once each)."""
 
     def __init__(self, transformer, nsp, learning_rate, total_steps, warmup):
         self.nsp = nsp
@@ -396,6 +393,13 @@ class Trainer:
             epsilon=1e-6, global_clipnorm=1.0)
         self.optimizer.build(self.variables)
         self.train_step = tf.function(self._train_step, input_signature=_SIGNATURE)
+        self.eval_step = tf.function(self._eval_step, input_signature=_SIGNATURE)
+
+    def _eval_step(self, token_ids, segment_ids, labels, nsp_labels):
+        outputs = self.model([token_ids, segment_ids], training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return batch_stats(self.head, outputs, labels, nsp_labels, self.nsp)
 
     def _train_step(self, token_ids, segment_ids, labels, nsp_labels):
         with tf.GradientTape() as tape:
@@ -438,239 +442,258 @@ class PretrainingResult:
     summary: dict
     transformer: object   # bert4keras Transformer (its .model has all heads)
     model: object         # keras Model: [MLM probs] (+ [NSP probs] with nsp)
-    config: dict
+    config: dict          # bert_config.json
     vocab_tokens: list
-    trainer: object = None  # the Trainer (optimizer, traced training step)
+    trainer: object = None  # the MLMTrainer (optimizer, traced steps)
 
 
-def pretrain(items, behaviors=(), out_dir=None, init_checkpoint=None, hidden_size=128,
-             num_layers=2, num_heads=2, max_len=64, epochs=3, batch_size=32, learning_rate=None,
-             nsp=False, seed=0, min_count=2, log=None, command=None, pipeline=None):
-    """Pretrain (MLM, + NSP with ``nsp=True``) and write a checkpoint to ``out_dir``.
+@dataclasses.dataclass
+class _Vocab:
+    """The vocabulary of a run and the ids masking needs."""
+    tokens: list
+    tokenizer: object
+    special_ids: list
+    cls_id: int
+    sep_id: int
+    mask_id: int
 
-    ``init_checkpoint``: a checkpoint directory to continue (it must hold cls/predictions/*;
-    its vocabulary and architecture are kept, the size arguments are ignored); None trains a
-    ``num_layers`` x ``hidden_size`` BERT from scratch with a vocabulary built from the corpus
-    (characters and ASCII words seen ``min_count`` times). ``learning_rate`` defaults to 1e-3
-    from scratch and 5e-5 when continuing. Returns the summary dict also written to
-    ``out_dir/pretraining.json``.
+    @property
+    def size(self):
+        return len(self.tokens)
+
+
+def pretrain(items, behaviors=(), out_dir=None, config=None, corpus=(), **kwargs):
+    """Pretrain (MLM, + NSP with ``config.nsp``) and write a checkpoint to ``out_dir``.
+
+    ``config`` is a :class:`~bert_rec.config.PretrainConfig` (keyword arguments build one);
+    ``corpus``: extra plain texts (e.g. :func:`read_corpus` lines) trained on as single texts.
+    Returns the summary dict also written to ``out_dir/pretraining.json``.
     """
-    return run_pretraining(items, behaviors, out_dir, init_checkpoint=init_checkpoint,
-                           hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                           max_len=max_len, epochs=epochs, batch_size=batch_size,
-                           learning_rate=learning_rate, nsp=nsp, seed=seed, min_count=min_count,
-                           log=log, command=command, pipeline=pipeline).summary
+    return run_pretraining(items, behaviors, out_dir, config, corpus=corpus, **kwargs).summary
 
 
-def run_pretraining(items, behaviors=(), out_dir=None, *, init_checkpoint=None, hidden_size=128,
-                    num_layers=2, num_heads=2, max_len=64, epochs=3, batch_size=32,
-                    learning_rate=None, nsp=False, seed=0, min_count=2, log=None, command=None,
-                    pipeline=None):
+def run_pretraining(items, behaviors=(), out_dir=None, config=None, *, corpus=(), log=None,
+                    command=None, pipeline=None, **config_kwargs):
     """:func:`pretrain`, returning a :class:`PretrainingResult` (summary + in-memory model)."""
+    config = config or PretrainConfig(**config_kwargs)
     log = log if log is not None else sys.stderr
     if not out_dir:
         raise ValueError("pretrain needs an output directory (out_dir)")
-    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
-                             ("max_len", max_len, 8), ("min_count", min_count, 1)):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
     started = time.time()
     items, behaviors = list(items), list(behaviors)
     if pipeline is None:
         from .text import TextPipeline  # noqa: PLC0415
         pipeline = TextPipeline()
-    item_words, behaviour_words = corpus_word_lists(items, behaviors, pipeline)
-    if not item_words and not behaviour_words:
-        raise ValueError("no text to pretrain on: every item and behaviour text is empty "
-                         "after cleaning")
+    item_words, single_words = corpus_word_lists(items, behaviors, pipeline)
+    behavior_texts = len(single_words)
+    single_words += [words for words in map(pipeline.words, corpus) if words]
+    single_words, holdout_words = _split_holdout(single_words, config)
+    if not item_words and not single_words:
+        raise ValueError("no text to pretrain on: every item, behaviour and corpus text is "
+                         "empty after cleaning")
+    transformer, bert_cfg, vocab = _build_model(config, item_words, single_words)
+    max_len = min(config.max_len, int(bert_cfg["max_position_embeddings"]))
+    if max_len < config.max_len:
+        print(f"max_len {config.max_len} > the checkpoint's max_position_embeddings "
+              f"{max_len}: using {max_len}", file=log)
+    rng = np.random.default_rng(config.seed)
+    encode = _WordEncoder(vocab.tokenizer)
+    examples, corpus_stats = _make_examples(items, behaviors, item_words, single_words, encode,
+                                            vocab, config, max_len, pipeline, rng)
+    holdout = single_examples([ids for ids in map(encode, holdout_words) if ids], max_len,
+                              vocab.cls_id, vocab.sep_id)
+    corpus_stats["behavior_texts"] = behavior_texts
+    corpus_stats["corpus_texts"] = len(corpus)
+    corpus_stats["holdout_texts"] = len(holdout_words)
 
-    # --- vocabulary and model --------------------------------------------------------
-    tf.random.set_seed(seed)
+    model = training_model(transformer, config.nsp)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(WARMUP_FRACTION * total_steps))
+    trainer = MLMTrainer(transformer, config.nsp, config.peak_learning_rate, total_steps, warmup)
+    source = "from " + config.init_checkpoint if config.init_checkpoint else "from scratch"
+    print(f"pretraining {source}: {len(examples)} sequences ({corpus_stats['tokens']} tokens), "
+          f"vocab {vocab.size}, {bert_cfg['num_hidden_layers']} layers x hidden "
+          f"{bert_cfg['hidden_size']}, max_len {max_len}, {config.epochs} epochs x "
+          f"{steps_per_epoch} steps, lr {config.peak_learning_rate:g}"
+          f"{', with NSP' if config.nsp else ''}", file=log)
+    history = _train(trainer, examples, holdout, vocab, config, rng, total_steps, log)
+
+    out_dir = save_checkpoint(transformer, bert_cfg, vocab.tokens, out_dir)
+    summary = {
+        "out_dir": out_dir, "settings": dataclasses.asdict(config), "vocab_size": vocab.size,
+        "config": bert_cfg, "corpus": corpus_stats, "max_len": max_len, "steps": total_steps,
+        "warmup_steps": warmup, "learning_rate": config.peak_learning_rate,
+        "mask_rate": MASK_RATE, "seed": config.seed, "history": history,
+        "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")},
+        "seconds": round(time.time() - started, 1), "command": command}
+    _write_summary(summary, log)
+    return PretrainingResult(summary, transformer, model, bert_cfg, vocab.tokens, trainer)
+
+
+def _write_summary(summary, log):
+    """pretraining.json in the checkpoint directory, and the closing log line."""
+    # out_dir is where the file lies: leave it out, so a copied checkpoint holds no stale path.
+    write_json(os.path.join(summary["out_dir"], SUMMARY_NAME),
+               {k: v for k, v in summary.items() if k != "out_dir"})
+    final = summary["final"]
+    held = (f", held-out masked-token accuracy {final['heldout_mlm_accuracy']:.3f}"
+            if "heldout_mlm_accuracy" in final else "")
+    print(f"wrote {summary['out_dir']} (final loss {final['loss']:.4f}, masked-token accuracy "
+          f"{final['mlm_accuracy']:.3f}{held}, {summary['seconds']:.0f} s)", file=log)
+
+
+def read_corpus(paths):
+    """Lines of plain-text corpus files (``.txt`` or ``.txt.gz``, UTF-8), blank lines skipped."""
+    import gzip  # noqa: PLC0415
+    lines = []
+    for path in paths:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        number = 0
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    line = line.strip()
+                    if line:
+                        lines.append(line)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} line {number + 1}: not UTF-8 ({e.reason}); save the "
+                             f"corpus as UTF-8 text, one text per line") from None
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: cannot read the corpus ({e}); pass a UTF-8 .txt or "
+                             f".txt.gz file, one text per line") from None
+    return lines
+
+
+def _split_holdout(single_words, config):
+    """(training texts, held-out texts): ``config.holdout_texts`` single texts drawn at random."""
+    n = config.holdout_texts
+    if not n:
+        return single_words, []
+    if n >= len(single_words):
+        raise ValueError(f"holdout_texts {n}: only {len(single_words)} corpus/behaviour texts to "
+                         f"hold out from; ask for fewer")
+    held = set(np.random.default_rng([config.seed, 7]).choice(len(single_words), n,
+                                                               replace=False).tolist())
+    return ([w for i, w in enumerate(single_words) if i not in held],
+            [w for i, w in enumerate(single_words) if i in held])
+
+
+def _build_model(config, item_words, single_words):
+    """(transformer with MLM head, bert_config dict, _Vocab): continued or from scratch."""
+    tf.random.set_seed(config.seed)
     reset_initializer_counter()
-    if init_checkpoint:
-        files = find_checkpoint(init_checkpoint)
-        with open(files.vocab_path, encoding="utf-8") as f:
-            vocab_tokens = [line.rstrip("\r\n") for line in f]
-        if max_len > files.max_position:
-            print(f"max_len {max_len} > the checkpoint's max_position_embeddings "
-                  f"{files.max_position}: using {files.max_position}", file=log)
-            max_len = files.max_position
+    if config.init_checkpoint:
+        files = find_checkpoint(config.init_checkpoint)
+        tokens = list(read_vocab(files.vocab_path))
         prefix = files.ckpt_prefix
-        if nsp and not has_variable(prefix, "cls/seq_relationship/output_bias"):
+        has_nsp = has_variable(prefix, "cls/seq_relationship/output_bias")
+        if config.nsp and not has_nsp:
             raise CheckpointError(f"{prefix}: has no next-sentence head (cls/seq_relationship/*), "
                                   f"so it can't be pretrained with NSP; rerun without --nsp")
         # Keep every head the checkpoint has, trained or not, so the output loses nothing.
-        keep_nsp = nsp or has_variable(prefix, "cls/seq_relationship/output_bias")
-        keep_pool = keep_nsp or has_variable(prefix, "bert/pooler/dense/kernel")
-        transformer = load_bert(files, with_pool=keep_pool, with_mlm=True, with_nsp=keep_nsp,
+        keep_pool = has_nsp or has_variable(prefix, "bert/pooler/dense/kernel")
+        transformer = load_bert(files, with_pool=keep_pool, with_mlm=True, with_nsp=has_nsp,
                                 return_keras_model=False)
-        config = dict(files.config)
+        bert_cfg = dict(files.config)
         tokenizer = load_tokenizer(files.vocab_path)
-        learning_rate = learning_rate or CONTINUE_LEARNING_RATE
     else:
-        texts = [" ".join(w) for w in item_words.values()] + [" ".join(w) for w in
-                                                              behaviour_words]
-        vocab_tokens = build_char_vocab(texts, min_count=min_count, word_pieces=True)
-        config = bert_config(len(vocab_tokens), hidden_size=hidden_size,
-                             num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                             max_position_embeddings=max_len)
+        texts = [" ".join(w) for w in item_words.values()] + [" ".join(w) for w in single_words]
+        tokens = build_char_vocab(texts, min_count=config.min_count, max_size=config.max_vocab,
+                                  word_pieces=True)
+        bert_cfg = bert_config(len(tokens), hidden_size=config.hidden_size,
+                               num_hidden_layers=config.num_layers,
+                               num_attention_heads=config.num_heads,
+                               max_position_embeddings=config.max_position or config.max_len)
         # The pooler is kept (untrained without NSP) so pooling='pooler' can load the output.
-        transformer = build_transformer_model(with_pool=True, with_mlm=True, with_nsp=nsp,
-                                              return_keras_model=False, **config)
-        tokenizer = Tokenizer({t: i for i, t in enumerate(vocab_tokens)}, do_lower_case=True)
-        learning_rate = learning_rate or SCRATCH_LEARNING_RATE
-    vocab = {t: i for i, t in enumerate(vocab_tokens)}
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-    if missing or vocab[PAD] != 0:
+        transformer = build_transformer_model(with_pool=True, with_mlm=True, with_nsp=config.nsp,
+                                              return_keras_model=False, **bert_cfg)
+        tokenizer = Tokenizer({t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    ids = {t: i for i, t in enumerate(tokens)}
+    missing = [t for t in SPECIAL_TOKENS if t not in ids]
+    if missing or ids[PAD] != 0:
         raise CheckpointError(f"the vocabulary must hold {', '.join(SPECIAL_TOKENS)} with [PAD] "
                               f"as id 0 (missing: {', '.join(missing) or 'none'})")
-    special_ids = sorted({vocab[t] for t in SPECIAL_TOKENS}
-                         | {i for t, i in vocab.items() if t.startswith("[unused")})
-    cls_id, sep_id, mask_id = vocab[CLS], vocab[SEP], vocab[MASK]
-    vocab_size = len(vocab_tokens)
+    special = sorted({ids[t] for t in SPECIAL_TOKENS} | {i for t, i in ids.items()
+                                                        if t.startswith("[unused")})
+    return transformer, bert_cfg, _Vocab(tokens, tokenizer, special, ids[CLS], ids[SEP], ids[MASK])
 
-    # --- examples --------------------------------------------------------------------
-    rng = np.random.default_rng(seed)
-    encode = _WordEncoder(tokenizer)
+
+def _make_examples(items, behaviors, item_words, single_words, encode, vocab, config, max_len,
+                   pipeline, rng):
+    """Training sequences (single texts, or NSP pairs + single texts) and corpus counts."""
     encoded_items = {item_id: ids for item_id, ids in
                      ((item_id, encode(words)) for item_id, words in item_words.items()) if ids}
-    encoded_behaviours = [ids for ids in map(encode, behaviour_words) if ids]
-    corpus = {"items": len(items), "item_texts": len(item_words),
-              "behaviour_texts": len(behaviour_words)}
-    if nsp:
+    encoded_singles = [ids for ids in map(encode, single_words) if ids]
+    stats = {"items": len(items), "item_texts": len(item_words)}
+    if config.nsp:
         pairs = [(encoded_items[a], encoded_items[b], label)
                  for a, b, label in nsp_pairs(list(encoded_items), behaviors, rng)]
-        corpus["nsp_source"] = "behaviour sequences"
+        stats["nsp_source"] = "behaviour sequences"
         if not pairs:
             pairs = _title_rest_pairs(items, pipeline, encode, rng)
-            corpus["nsp_source"] = "title / rest of text"
+            stats["nsp_source"] = "title / rest of text"
         if not pairs:
             raise ValueError("nsp: no sentence pairs (need behaviour sequences or items with "
                              "both a title and other text)")
-        examples = [pair_example(a, b, label, max_len, cls_id, sep_id) for a, b, label in pairs]
-        examples += single_examples(encoded_behaviours, max_len, cls_id, sep_id)
-        corpus["nsp_pairs"] = len(pairs)
-        corpus["nsp_positive"] = sum(label for _, _, label in pairs)
+        examples = [pair_example(a, b, label, max_len, vocab.cls_id, vocab.sep_id)
+                    for a, b, label in pairs]
+        examples += single_examples(encoded_singles, max_len, vocab.cls_id, vocab.sep_id)
+        stats["nsp_pairs"] = len(pairs)
+        stats["nsp_positive"] = sum(label for _, _, label in pairs)
     else:
-        examples = single_examples(list(encoded_items.values()) + encoded_behaviours, max_len,
-                                   cls_id, sep_id)
-    lengths = [e.length for e in examples]
-    corpus.update(examples=len(examples), tokens=int(sum(lengths)),
-                  unk_tokens=sum(t == vocab[UNK] for e in examples for w in e.words for t in w))
+        examples = single_examples(list(encoded_items.values()) + encoded_singles, max_len,
+                                   vocab.cls_id, vocab.sep_id)
+    unk = vocab.tokenizer.token_to_id(UNK)
+    stats.update(examples=len(examples), tokens=int(sum(e.length for e in examples)),
+                 unk_tokens=sum(t == unk for e in examples for w in e.words for t in w))
+    return examples, stats
 
-    # --- training --------------------------------------------------------------------
-    model = training_model(transformer, nsp)
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup = max(1, int(WARMUP_FRACTION * total_steps))
-    trainer = Trainer(transformer, nsp, learning_rate, total_steps, warmup)
-    print(f"pretraining {'from ' + init_checkpoint if init_checkpoint else 'from scratch'}: "
-          f"{len(examples)} sequences ({corpus['tokens']} tokens), vocab {vocab_size}, "
-          f"{config['num_hidden_layers']} layers x hidden {config['hidden_size']}, "
-          f"max_len {max_len}, {epochs} epochs x {steps_per_epoch} steps, lr {learning_rate:g}"
-          f"{', with NSP' if nsp else ''}", file=log)
+
+def _train(trainer, examples, holdout, vocab, config, rng, total_steps, log):
+    """The epochs: dynamic masking, length-bucketed batches; returns one dict per epoch."""
+    lengths = [e.length for e in examples]
     history = []
     with progress_bar(total=total_steps, desc="pretraining", unit="step") as bar:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(1, config.epochs + 1):
             epoch_start = time.time()
             meter = _Meter()
-            for rows in bucketed_batches(lengths, batch_size, rng):
-                batch = make_batch([examples[i] for i in rows], rng, vocab_size, special_ids,
-                                   mask_id)
-                stats = trainer.train_step(*(tf.constant(a) for a in batch))
-                meter.add(stats)
+            for rows in bucketed_batches(lengths, config.batch_size, rng):
+                batch = make_batch([examples[i] for i in rows], rng, vocab.size,
+                                   vocab.special_ids, vocab.mask_id)
+                meter.add(trainer.train_step(*(tf.constant(a) for a in batch)))
                 bar.update(1)
-            result = meter.result()
-            result = {"epoch": epoch, **{k: round(v, 5) if isinstance(v, float) else v
-                                         for k, v in result.items()},
-                      "seconds": round(time.time() - epoch_start, 2)}
+            result = {"epoch": epoch, **meter.result()}
+            if holdout:
+                result.update({f"heldout_{k}": v for k, v in
+                               _evaluate(trainer, holdout, vocab, config).items()
+                               if k in ("mlm_loss", "mlm_accuracy", "masked_tokens")})
+            result = {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
+            result["seconds"] = round(time.time() - epoch_start, 2)
             history.append(result)
-            extra = (f", nsp loss {result['nsp_loss']:.4f} acc {result['nsp_accuracy']:.3f}"
-                     if "nsp_loss" in result else "")
-            print(f"epoch {epoch}/{epochs}: loss {result['loss']:.4f}, masked-LM loss "
-                  f"{result['mlm_loss']:.4f}, masked-token accuracy {result['mlm_accuracy']:.3f}"
-                  f"{extra} ({result['seconds']:.1f} s)", file=log)
-
-    # --- output ----------------------------------------------------------------------
-    out_dir = save_checkpoint(transformer, config, vocab_tokens, out_dir)
-    summary = {
-        "out_dir": out_dir,
-        "init_checkpoint": init_checkpoint or None,
-        "vocab_size": vocab_size,
-        "config": config,
-        "corpus": corpus,
-        "nsp": bool(nsp),
-        "max_len": max_len,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "steps": total_steps,
-        "warmup_steps": warmup,
-        "learning_rate": learning_rate,
-        "mask_rate": MASK_RATE,
-        "seed": seed,
-        "min_count": min_count,
-        "history": history,
-        "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")},
-        "seconds": round(time.time() - started, 1),
-        "command": command,
-    }
-    # out_dir is where the file lies: leave it out, so a copied checkpoint holds no stale path.
-    _write_json({k: v for k, v in summary.items() if k != "out_dir"},
-                os.path.join(out_dir, SUMMARY_NAME))
-    print(f"wrote {out_dir} (final loss {summary['final']['loss']:.4f}, masked-token accuracy "
-          f"{summary['final']['mlm_accuracy']:.3f}, {summary['seconds']:.0f} s)", file=log)
-    return PretrainingResult(summary, transformer, model, config, vocab_tokens, trainer)
+            print(_epoch_line(result, config.epochs), file=log)
+    return history
 
 
-def _write_json(data, path):
-    """Write JSON atomically (atomic.write_text)."""
-    write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+def _evaluate(trainer, examples, vocab, config):
+    """Masked-LM loss and accuracy on held-out examples, masked the same way every epoch."""
+    rng = np.random.default_rng([config.seed, 11])  # the same masks at every evaluation
+    meter = _Meter()
+    order = np.argsort([e.length for e in examples], kind="stable")
+    for start in range(0, len(order), config.batch_size):
+        batch = make_batch([examples[i] for i in order[start:start + config.batch_size]], rng,
+                           vocab.size, vocab.special_ids, vocab.mask_id)
+        meter.add(trainer.eval_step(*(tf.constant(a) for a in batch)))
+    return meter.result()
 
 
-# ======================================================================================
-# command line
-# ======================================================================================
-def cmd_pretrain(args):
-    """Read the inputs and run :func:`pretrain` with the parsed arguments."""
-    from .data import DEFAULT_BEHAVIORS, read_behaviors, read_items  # noqa: PLC0415
-    items, report = read_items(args.items, on_error=args.on_error)
-    print(report.summary(), file=sys.stderr)
-    behaviors = []
-    if args.behaviors:
-        names = tuple(DEFAULT_BEHAVIORS) + tuple(getattr(args, "behavior_names", None) or ())
-        behaviors, report = read_behaviors(args.behaviors, on_error=args.on_error,
-                                           behaviors=names,
-                                           item_ids={item.item_id for item in items})
-        print(report.summary(), file=sys.stderr)
-    command = {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
-    command["argv"] = sys.argv[1:]
-    pretrain(items, behaviors, args.out, init_checkpoint=args.init,
-             hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads,
-             max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size,
-             learning_rate=args.learning_rate, nsp=args.nsp, seed=args.seed,
-             min_count=args.min_count, command=command)
-    return 0
-
-
-def main(argv=None):
-    """``python -m bert_rec.pretraining ARGS`` = ``bert-rec pretrain ARGS``."""
-    from .data import InputError  # noqa: PLC0415
-    parser = argparse.ArgumentParser(prog="python -m bert_rec.pretraining")
-    sub = parser.add_subparsers(metavar="COMMAND")
-    add_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "pretrain":
-        argv = ["pretrain"] + argv
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except (InputError, ValueError, FileNotFoundError) as e:
-        print(f"bert-rec pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bert-rec pretrain: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _epoch_line(result, epochs):
+    """One log line per epoch."""
+    extra = (f", nsp loss {result['nsp_loss']:.4f} acc {result['nsp_accuracy']:.3f}"
+             if "nsp_loss" in result else "")
+    if "heldout_mlm_accuracy" in result:
+        extra += (f"; held out: masked-LM loss {result['heldout_mlm_loss']:.4f}, accuracy "
+                  f"{result['heldout_mlm_accuracy']:.3f}")
+    return (f"epoch {result['epoch']}/{epochs}: loss {result['loss']:.4f}, masked-LM loss "
+            f"{result['mlm_loss']:.4f}, masked-token accuracy {result['mlm_accuracy']:.3f}"
+            f"{extra} ({result['seconds']:.1f} s)")

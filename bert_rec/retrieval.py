@@ -1,6 +1,10 @@
-"""Item index for retrieval at catalogue scale: exact top-k in TensorFlow, or faiss.
+"""Top-k retrieval: the one top-k with exclusions, and the item index for large catalogues.
 
-Vectors are L2-normalised on the way in, so inner product = cosine, the score bert_rec ranks by.
+:func:`best_k` picks the k best of scored candidates, skipping excluded rows, ties by row
+(catalogue order); recommending, evaluation and both index backends select with it.
+
+``ItemIndex``: item ids + vectors, L2-normalised on the way in, so inner product = cosine, the
+score bert_rec ranks by.
 
 - ``exact``: brute force in TensorFlow over blocks of queries and items: one traced function
   per block does the ``[b, D] x [D, c]`` matmul and a two-stage top-k (the maximum of each
@@ -22,11 +26,10 @@ vectors of ids already present) without touching the others.
 import functools
 import json
 import os
-import shutil
 
 import numpy as np
 
-from .atomic import replace_dir, staging_dir
+from .utils.atomic import staged_dir
 
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 META_NAME = "index.json"
@@ -126,14 +129,9 @@ class ItemIndex:
             cand_scores = np.concatenate(block_scores, axis=1)  # [b, chunks * want]
             cand_rows = np.concatenate(block_rows, axis=1)
             for b, skip in enumerate(exclude[start:start + len(cand_rows)]):
-                r, s = cand_rows[b], cand_scores[b]
-                if skip:
-                    keep = ~np.isin(r, np.fromiter(skip, np.int64))
-                    r, s = r[keep], s[keep]
-                best = np.lexsort((r, -s))[:k]  # by score, ties by catalogue order
-                rows[start + b, :len(best)] = r[best]
-                scores[start + b, :len(best)] = s[best]
-        rows[~np.isfinite(scores)] = -1
+                best_rows, best_scores = best_k(cand_rows[b], cand_scores[b], k, skip)
+                rows[start + b, :len(best_rows)] = best_rows
+                scores[start + b, :len(best_rows)] = best_scores
         return rows, scores
 
     def _search_faiss(self, queries, k, exclude):
@@ -144,11 +142,10 @@ class ItemIndex:
         rows = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         for b, skip in enumerate(exclude):
-            skip = set(skip)
-            keep = [(r, s) for r, s in zip(found_rows[b], found_scores[b])
-                    if r >= 0 and r not in skip][:k]
-            for j, (r, s) in enumerate(keep):
-                rows[b, j], scores[b, j] = r, s
+            valid = found_rows[b] >= 0
+            best_rows, best_scores = best_k(found_rows[b][valid], found_scores[b][valid], k, skip)
+            rows[b, :len(best_rows)] = best_rows
+            scores[b, :len(best_rows)] = best_scores
         return rows, scores
 
     def _faiss_index(self):
@@ -181,8 +178,7 @@ class ItemIndex:
     # -- files ----------------------------------------------------------------------------
     def save(self, path):
         """Write the index directory atomically (staging folder + rename)."""
-        tmp = staging_dir(path)
-        try:
+        with staged_dir(path) as tmp:
             with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
                 f.writelines(i + "\n" for i in self.ids)
             with open(os.path.join(tmp, "vectors.npy"), "wb") as f:
@@ -192,10 +188,7 @@ class ItemIndex:
                     "size": len(self)}
             with open(os.path.join(tmp, META_NAME), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2)
-            return replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return os.path.abspath(path)
 
     @classmethod
     def load(cls, path):
@@ -213,6 +206,25 @@ class ItemIndex:
         index.ids, index.vectors = ids, vectors
         index._rows = None  # built on first use
         return index
+
+
+def best_k(rows, scores, k, exclude=()):
+    """The k best (rows, scores) of candidates ``rows`` [n] scored ``scores`` [n].
+
+    Rows in ``exclude`` and ``-inf``/NaN scores are skipped; highest score first, ties by row
+    (catalogue order); fewer than k when fewer candidates remain.
+    """
+    rows, scores = np.asarray(rows), np.asarray(scores)
+    keep = np.isfinite(scores)
+    if len(exclude):
+        keep &= ~np.isin(rows, np.fromiter(exclude, np.int64, len(exclude)))
+    rows, scores = rows[keep], scores[keep]
+    if len(scores) > k:  # only the rows at or above the k-th score can be chosen (ties kept)
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        top = scores >= kth
+        rows, scores = rows[top], scores[top]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
 
 
 def recall_at_k(approx_rows, exact_rows):

@@ -5,6 +5,9 @@ model was trained with), so a request built here is preprocessed exactly as ``be
 preprocesses the same user. Bodies follow TF Serving's REST predict API in columnar form
 (``{"signature_name": ..., "inputs": {...}}``); ``predict_request`` builds the gRPC
 ``PredictRequest`` (tensorflow-serving-api).
+
+Importing this module loads no TensorFlow; the tokenizer (bert4keras's, which imports it) loads
+when a request first needs token ids, and ``predict_request`` imports it for the protos.
 """
 
 import dataclasses
@@ -13,18 +16,36 @@ import os
 
 import numpy as np
 
-from .config import CONFIG_NAME, ModelConfig
-from .recommend import pad_units, user_units
+from .config import MODEL_CONFIG_NAME, ModelConfig
 from .text import TextPipeline
-from .tokenization import encode_texts, load_tokenizer
+from .units import pad_units, user_units
 
 
 def version_dir(export_path):
-    """A SavedModel version folder: ``export_path`` itself or its newest ``<name>/<version>``."""
+    """A SavedModel version folder: ``export_path`` itself, its newest ``<version>`` (a model
+    folder) or its newest ``<name>/<version>`` (an export folder)."""
     if os.path.isfile(os.path.join(export_path, "saved_model.pb")):
         return export_path
-    from .export import latest_version  # noqa: PLC0415  (imports TensorFlow)
+    if any(v.isdigit() for v in os.listdir(export_path)):
+        return latest_version(os.path.dirname(os.path.abspath(export_path)),
+                              os.path.basename(os.path.abspath(export_path)))
     return latest_version(export_path)
+
+
+def latest_version(export_dir, name=None):
+    """The newest ``EXPORT_DIR/<name>/<version>`` directory (name: the only one if not given)."""
+    if name is None:
+        names = [n for n in sorted(os.listdir(export_dir))
+                 if os.path.isdir(os.path.join(export_dir, n)) and not n.startswith(".")]
+        if len(names) != 1:
+            raise ValueError(f"{export_dir}: expected one model folder, found "
+                             f"{', '.join(names) or 'none'}; pass the model name")
+        name = names[0]
+    base = os.path.join(export_dir, name)
+    versions = [int(v) for v in os.listdir(base) if v.isdigit()] if os.path.isdir(base) else []
+    if not versions:
+        raise ValueError(f"{base}: no numbered SavedModel version folder; run bert-rec export")
+    return os.path.join(base, str(max(versions)))
 
 
 class ServingClient:
@@ -33,13 +54,14 @@ class ServingClient:
     def __init__(self, export_path):
         self.path = version_dir(export_path)
         assets = os.path.join(self.path, "assets")
-        self.config = ModelConfig.load(os.path.join(assets, CONFIG_NAME))
+        self.config = ModelConfig.load(os.path.join(assets, MODEL_CONFIG_NAME))
         text = dataclasses.replace(
             self.config.text, stopwords_path=os.path.join(assets, "stopwords.txt"),
             extra_stopwords_path=None,
             user_dict_path=_existing(os.path.join(assets, "userdict.txt")))
         self.pipeline = TextPipeline(text)
-        self.tokenizer = load_tokenizer(os.path.join(assets, "vocab.txt"))
+        self.vocab_path = os.path.join(assets, "vocab.txt")
+        self._tokenizer = None
         with open(os.path.join(assets, "bert_config.json"), encoding="utf-8") as f:
             self.max_position = int(json.load(f).get("max_position_embeddings", 512))
 
@@ -64,7 +86,7 @@ class ServingClient:
                 sources.append(("text", cleaned))
         tokens = self._source_tokens(sources, items_by_id)
         units = [user_units(h, self.config.scoring, item_rows, text_rows) for h in histories]
-        rows, weights = pad_units([(u[1], u[2]) for u in units])  # [B, N]
+        rows, weights = pad_units(units)  # [B, N]
         length = max((len(tokens[r]) for r in rows.ravel()), default=2)
         token_ids = np.zeros(rows.shape + (length,), np.int32)  # [B, N, L]
         item_ids = np.full(rows.shape, "", dtype=object)  # [B, N]
@@ -76,6 +98,13 @@ class ServingClient:
         return {"behavior_token_ids": token_ids, "behavior_item_ids": item_ids,
                 "behavior_weights": weights}
 
+    def encode(self, texts, max_len):
+        """Cleaned texts -> token-id lists with the export's vocabulary (loads the tokenizer)."""
+        from .tokenization import encode_texts, load_tokenizer  # noqa: PLC0415  (TensorFlow)
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.vocab_path)
+        return encode_texts(self._tokenizer, texts, max_len)
+
     def _source_tokens(self, sources, items_by_id):
         """Token ids of each unit source: item feature texts and cleaned behaviour texts."""
         item_len = min(self.config.item_max_len, self.max_position)
@@ -86,9 +115,9 @@ class ServingClient:
             raise ValueError(f"behaviours refer to item(s) {', '.join(missing[:5])} that are not "
                              f"in the items file: pass the catalogue the behaviours come from")
         item_texts = self.pipeline.clean_many([items_by_id[i].full_text() for i in items])
-        item_tokens = iter(encode_texts(self.tokenizer, item_texts, item_len))
+        item_tokens = iter(self.encode(item_texts, item_len))
         texts = [value for kind, value in sources if kind == "text"]
-        text_tokens = iter(encode_texts(self.tokenizer, texts, text_len))
+        text_tokens = iter(self.encode(texts, text_len))
         return [next(item_tokens) if kind == "item" else next(text_tokens)
                 for kind, _ in sources]
 

@@ -15,13 +15,24 @@ from .backend import Tokenizer
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+def read_vocab_tokens(path):
+    """vocab.txt -> its tokens, one per line (id = line number); the one vocab reader.
+
+    A file that is not UTF-8 is a ValueError naming it.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); pass the "
+                         f"vocab.txt that came with the checkpoint") from None
+
+
 def read_vocab(path):
-    """vocab.txt (one token per line, id = line number) -> {token: id}."""
+    """vocab.txt -> {token: id} (a repeated token keeps its first id)."""
     vocab = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            token = line.rstrip("\r\n")
-            vocab.setdefault(token, len(vocab))
+    for token in read_vocab_tokens(path):
+        vocab.setdefault(token, len(vocab))
     return vocab
 
 

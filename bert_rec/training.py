@@ -1,9 +1,10 @@
 """Fine-tuning (``bert-rec train``): a two-tower model on the user's own behaviour log.
 
 User tower: the user's behaviour units (item vectors, behaviour-text vectors; see
-``recommend.user_units``) -> ``AttentionPooling`` (log behaviour weights as prior). Item tower:
+``units.user_units``) -> ``AttentionPooling`` (log behaviour weights as prior). Item tower:
 encoder vector -> ``ItemTower`` (affine map initialised to BERT-whitening + item-id embedding).
-Both towers share the BERT encoder, whose top ``train_layers`` layers may be fine-tuned
+Both towers come from ``models.build_towers`` and share the BERT encoder, whose top
+``train_layers`` layers may be fine-tuned
 (0 = frozen encoder: vectors are computed once and training is fast on CPU).
 
 Objective: sampled softmax over the batch's target items plus ``extra_negatives`` uniform random
@@ -26,14 +27,15 @@ import time
 
 import numpy as np
 
-from .atomic import save_figure, write_text
 from .backend import keras, tf
+from .config import TrainConfig
 from .evaluation import evaluate_scores, leave_last_out
-from .layers import AttentionPooling, CosineSimilarity
-from .progress import progress_bar
-from .recommend import Recommender, pad_units, text_unit_rows, user_units, whitened_tower
+from .models import attention_layer, build_towers, whitened_tower
+from .recommend import Recommender
 from .tokenization import encode_texts
-from .training_config import TrainConfig
+from .units import pad_units, text_unit_rows, user_units
+from .utils.atomic import save_figure, write_json
+from .utils.progress import progress_bar
 
 STATE_DIR = "training"
 CURVES_NAME = "training_curves.png"
@@ -66,6 +68,76 @@ def split_for_training(histories):
     return examples, val_cases, test_cases, skipped
 
 
+@dataclasses.dataclass
+class TrainingData:
+    """The unit table of a training run and what the steps read from it.
+
+    Rows: the M items, then the T distinct cleaned behaviour texts of the validation histories
+    (which hold every training history). ``tokens`` [M + T, L] (0-padded, ``lengths`` [M + T]),
+    ``id_rows`` [M + T] (id-embedding row; ``num_ids`` for texts), per example its ``units``,
+    ``history_rows`` and ``targets`` [E], and ``log_q`` [M] of the log-q correction.
+    """
+    item_rows: dict
+    item_texts: list
+    distinct_texts: list
+    text_rows: dict
+    tokens: np.ndarray
+    lengths: np.ndarray
+    id_rows: np.ndarray
+    units: list
+    history_rows: list
+    targets: np.ndarray
+    log_q: np.ndarray
+
+
+def prepare_data(encoder, model_config, items, examples, val_cases, id_vocab, config):
+    """Clean and tokenise every unit-table row, and each example's units and targets."""
+    pipeline, scoring = encoder.pipeline, model_config.scoring
+    item_rows = {item.item_id: i for i, item in enumerate(items)}
+    distinct, text_rows = text_unit_rows((b.text for c in val_cases for b in c.history),
+                                         pipeline, offset=len(items))
+    item_texts = pipeline.clean_many([item.full_text() for item in items])
+    caps = [min(cap, encoder.max_position) for cap in (model_config.item_max_len,
+                                                       model_config.text_max_len)]
+    sequences = (encode_texts(encoder.tokenizer, item_texts, caps[0]) +
+                 encode_texts(encoder.tokenizer, distinct, caps[1]))
+    lengths = np.array([len(s) for s in sequences], np.int32)  # [M + T]
+    tokens = np.zeros((len(sequences), lengths.max()), np.int32)  # [M + T, L]
+    for row, seq in enumerate(sequences):
+        tokens[row, :len(seq)] = seq
+    id_rows = np.full(len(sequences), len(id_vocab), np.int32)  # texts: no id embedding
+    for item_id, row in id_vocab.items():
+        id_rows[item_rows[item_id]] = row
+    targets = np.array([item_rows[ex.target] for ex in examples], np.int32)
+    counts = np.bincount(targets, minlength=len(items)).astype(np.float64)
+    batch = min(config.batch_size, len(examples))
+    # Expected count of each item among a batch's candidates: in-batch + uniform negatives.
+    expected = batch * counts / counts.sum() + config.extra_negatives / len(items)
+    return TrainingData(
+        item_rows, item_texts, distinct, text_rows, tokens, lengths, id_rows,
+        units=[user_units(ex.history, scoring, item_rows, text_rows) for ex in examples],
+        history_rows=[np.array(sorted({item_rows[b.item_id] for b in ex.history}))
+                      for ex in examples],
+        targets=targets, log_q=np.log(np.maximum(expected, 1e-6)).astype(np.float32))
+
+
+def training_batch(data, indices, rng, num_items, extra_negatives):
+    """Step inputs for the examples at ``indices``: unit rows and weights [B, N], candidate
+    item rows [C] (the targets + random negatives), target positions [B], the [B, C] mask of
+    each user's own history, and a random non-target candidate per example [B]."""
+    rows, weights = pad_units([data.units[i] for i in indices])
+    targets = data.targets[indices]
+    negatives = rng.integers(0, num_items, extra_negatives)
+    cand = np.unique(np.concatenate([targets, negatives])).astype(np.int32)  # [C]
+    pos = np.searchsorted(cand, targets).astype(np.int32)  # [B]
+    mask = np.zeros((len(indices), len(cand)), bool)  # [B, C] the user's own history
+    for b, i in enumerate(indices):
+        mask[b] = np.isin(cand, data.history_rows[i])
+    click_neg = rng.integers(0, len(cand), len(indices)).astype(np.int32)
+    click_neg = np.where(click_neg == pos, (click_neg + 1) % len(cand), click_neg)
+    return rows, weights, cand, pos, mask, click_neg
+
+
 class Trainer:
     """Builds the towers around a Recommender's encoder and trains them."""
 
@@ -79,50 +151,23 @@ class Trainer:
         if not self.examples or not self.val_cases:
             raise ValueError("not enough behaviour to train on: need users with at least 3 "
                              "distinct items (one for training, validation and test each)")
-        self.item_rows = {item.item_id: i for i, item in enumerate(self.items)}
-        self.id_vocab = dict(self.item_rows) if self.config.id_embeddings else {}
-        self._prepare_texts()
+        self.id_vocab = ({item.item_id: i for i, item in enumerate(self.items)}
+                         if self.config.id_embeddings else {})
+        self.data = prepare_data(recommender.encoder, recommender.config, self.items,
+                                 self.examples, self.val_cases, self.id_vocab, self.config)
         self._build()
 
-    # -- data ---------------------------------------------------------------------------------
-    def _prepare_texts(self):
-        """Token ids of every item text and distinct behaviour text: the unit table's rows."""
-        rec, scoring = self.rec, self.rec.config.scoring
-        pipeline = rec.encoder.pipeline
-        M = len(self.items)
-        # Validation histories hold every training history's behaviours.
-        self.distinct_texts, self.text_rows = text_unit_rows(
-            (b.text for c in self.val_cases for b in c.history), pipeline, offset=M)
-        self.item_texts = pipeline.clean_many([item.full_text() for item in self.items])
-        tok = rec.encoder.tokenizer
-        max_pos = rec.encoder.max_position
-        sequences = (encode_texts(tok, self.item_texts, min(rec.config.item_max_len, max_pos)) +
-                     encode_texts(tok, self.distinct_texts,
-                                  min(rec.config.text_max_len, max_pos)))
-        self.lengths = np.array([len(s) for s in sequences], np.int32)  # [M + T]
-        self.tokens = np.zeros((len(sequences), self.lengths.max()), np.int32)  # [M + T, L]
-        for row, seq in enumerate(sequences):
-            self.tokens[row, :len(seq)] = seq
-        num_ids = len(self.id_vocab)
-        self.id_rows = np.full(len(sequences), num_ids, np.int32)  # texts: no id embedding
-        for item_id, row in self.id_vocab.items():
-            self.id_rows[self.item_rows[item_id]] = row
-        self.units = [user_units(ex.history, scoring, self.item_rows, self.text_rows)
-                      for ex in self.examples]
-        self.history_rows = [np.array(sorted({self.item_rows[b.item_id] for b in ex.history}))
-                             for ex in self.examples]
-        self.targets = np.array([self.item_rows[ex.target] for ex in self.examples], np.int32)
-        counts = np.bincount(self.targets, minlength=M).astype(np.float64)
-        batch = min(self.config.batch_size, len(self.examples))
-        # Expected count of each item among a batch's candidates: in-batch + uniform negatives.
-        expected = batch * counts / counts.sum() + self.config.extra_negatives / M
-        self.log_q = np.log(np.maximum(expected, 1e-6)).astype(np.float32)  # [M]
-
-    def _encode_rows_eval(self):
-        """Encoder vectors of every unit-table row [M + T, H] with the current weights."""
-        enc, config = self.rec.encoder, self.rec.config
-        items = enc.encode(self.item_texts, max_len=config.item_max_len, clean=False)
-        texts = enc.encode(self.distinct_texts, max_len=config.text_max_len, clean=False,
+    def encode_rows(self, items_only=False):
+        """Encoder vectors of the unit-table rows [M + T, H] (or the items' [M, H]) with the
+        current weights."""
+        enc, config, data = self.rec.encoder, self.rec.config, self.data
+        if self.raw_table is not None:
+            raw = self.raw_table.numpy()
+            return raw[:len(self.items)] if items_only else raw
+        items = enc.encode(data.item_texts, max_len=config.item_max_len, clean=False)
+        if items_only:
+            return items
+        texts = enc.encode(data.distinct_texts, max_len=config.text_max_len, clean=False,
                            desc="encoding behaviour texts")
         return np.concatenate([items, texts])
 
@@ -130,17 +175,14 @@ class Trainer:
     def _build(self):
         cfg, enc = self.config, self.rec.encoder
         keras.utils.set_random_seed(cfg.seed)  # Python, numpy and TF: unseeded Keras inits
-        raw = self._encode_rows_eval()
-        self.tower = whitened_tower(raw[:len(self.items)], self.rec.config,
-                                    num_ids=len(self.id_vocab))
-        dim = self.tower.output_dim
-        self.attention = AttentionPooling(cfg.attention_units, name="interest_attention")
-        self.attention([np.zeros((1, 1, dim), np.float32), np.ones((1, 1), np.float32)])
-        self.cosine = CosineSimilarity(temperature=cfg.temperature, name="train_cosine")
+        self.raw_table = None
+        raw = self.encode_rows()
+        tower = whitened_tower(raw[:len(self.items)], self.rec.config, num_ids=len(self.id_vocab))
+        attention = attention_layer(cfg.attention_units, tower.output_dim)
+        self.towers = build_towers(tower, attention, enc.model)
         self.click_head = keras.layers.Dense(2, name="click_head")
-        self.click_head.build((None, 3 * dim))
-        self.head_variables = (self.tower.trainable_variables +
-                               self.attention.trainable_variables)
+        self.click_head.build((None, 3 * tower.output_dim))
+        self.head_variables = tower.trainable_variables + attention.trainable_variables
         if cfg.objective != "softmax":
             self.head_variables += self.click_head.trainable_variables
         self.encoder_variables = self._unfreeze_top_layers(cfg.train_layers)
@@ -153,16 +195,17 @@ class Trainer:
             self.encoder_optimizer.build(self.encoder_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         # The encoder goes into the training state only when some of it is trained.
-        self.trained_parts = {"tower": self.tower, "attention": self.attention}
+        self.trained_parts = {"tower": tower, "attention": attention}
         if self.encoder_variables:
             self.trained_parts["encoder"] = enc.model
         self.state = tf.train.Checkpoint(
             click_head=self.click_head, optimizer=self.optimizer,
             encoder_optimizer=self.encoder_optimizer, epoch=self.epoch, **self.trained_parts)
-        self._tokens = tf.constant(self.tokens)
-        self._lengths = tf.constant(self.lengths)
-        self._id_rows = tf.constant(self.id_rows)
-        self._log_q = tf.constant(self.log_q if cfg.logq_correction else np.zeros_like(self.log_q))
+        data = self.data
+        self._tokens, self._lengths = tf.constant(data.tokens), tf.constant(data.lengths)
+        self._id_rows = tf.constant(data.id_rows)
+        self._log_q = tf.constant(data.log_q if cfg.logq_correction else
+                                  np.zeros_like(data.log_q))
         spec = tf.TensorSpec
         self._train_step = tf.function(self._step, input_signature=[
             spec([None, None], tf.int32), spec([None, None], tf.float32), spec([None], tf.int32),
@@ -199,7 +242,8 @@ class Trainer:
     def _vectors(self, rows, training):
         """Unit-table rows (any shape) -> scoring vectors [..., D] through the item tower."""
         flat = tf.reshape(rows, [-1])
-        out = self.tower([self._raw(flat, training), tf.gather(self._id_rows, flat)])
+        out = self.towers.item_projector([self._raw(flat, training),
+                                          tf.gather(self._id_rows, flat)], training=training)
         return tf.reshape(out, tf.concat([tf.shape(rows), [-1]], axis=0))
 
     def _step(self, unit_rows, unit_weights, cand_rows, target_pos, cand_mask, click_neg):
@@ -208,9 +252,9 @@ class Trainer:
         variables = self.head_variables + self.encoder_variables
         with tf.GradientTape() as tape:
             units = self._vectors(unit_rows, True)  # [B, N, D]
-            interest = self.attention([units, unit_weights])  # [B, D]
+            interest, _ = self.towers.user_encoder([units, unit_weights], training=True)  # [B, D]
             candidates = self._vectors(cand_rows, True)  # [C, D]
-            logits = self.cosine([interest, candidates])  # [B, C]
+            logits = self.towers.cosine([interest, candidates]) / cfg.temperature  # [B, C]
             logits -= tf.gather(self._log_q, cand_rows)[None, :]
             logits = tf.where(cand_mask, -1e9, logits)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -239,34 +283,27 @@ class Trainer:
 
     def _batch(self, indices, rng):
         """Step inputs for the examples at ``indices``."""
-        M = len(self.items)
-        rows, weights = pad_units([(self.units[i][1], self.units[i][2]) for i in indices])
-        targets = self.targets[indices]
-        negatives = rng.integers(0, M, self.config.extra_negatives)
-        cand = np.unique(np.concatenate([targets, negatives])).astype(np.int32)  # [C]
-        pos = np.searchsorted(cand, targets).astype(np.int32)  # [B]
-        mask = np.zeros((len(indices), len(cand)), bool)  # [B, C] the user's own history
-        for b, i in enumerate(indices):
-            hist = self.history_rows[i]
-            mask[b] = np.isin(cand, hist)
-        click_neg = rng.integers(0, len(cand), len(indices)).astype(np.int32)
-        click_neg = np.where(click_neg == pos, (click_neg + 1) % len(cand), click_neg)
-        return rows, weights, cand, pos, mask, click_neg
+        return training_batch(self.data, indices, rng, len(self.items),
+                              self.config.extra_negatives)
 
     # -- loop ---------------------------------------------------------------------------------
     def recommender(self):
-        """A Recommender sharing the trained towers (for validation and saving)."""
-        return Recommender(self.rec.encoder, self.rec.config, tower=self.tower,
-                           pooling=self.attention, id_vocab=self.id_vocab)
+        """A Recommender sharing the trained towers (index it before use)."""
+        return Recommender(self.rec.encoder, self.rec.config, self.towers, self.id_vocab)
 
     def validate(self, cases):
-        """Metrics of the current model on ``cases`` (full ranking, as in evaluation)."""
-        rec = self.recommender()
-        raw = self._encode_rows_eval()[:len(self.items)] if self.encoder_variables else \
-            self.raw_table.numpy()[:len(self.items)]
-        rec.index_items(self.items, raw=raw)
-        return evaluate_scores(lambda cs: rec.score([c.history for c in cs]), cases, self.items,
-                               k=self.config.k)
+        """Metrics of the current model on ``cases`` (full ranking, as in evaluation); the
+        cases' behaviour texts must be rows of the unit table (the validation cases' are)."""
+        table = self.towers.project(self.encode_rows(), self.data.id_rows)  # [M + T, D]
+        items = table[:len(self.items)]
+        scoring, data = self.rec.config.scoring, self.data
+
+        def score(batch):
+            units = [user_units(c.history, scoring, data.item_rows, data.text_rows)
+                     for c in batch]
+            rows, weights = pad_units(units)
+            return self.towers.score_units(table, rows, weights, items)[2]
+        return evaluate_scores(score, cases, self.items, k=self.config.k)
 
     def fit(self, out_dir, resume=False):
         """Train with early stopping, checkpointing every epoch under OUT/training/.
@@ -283,27 +320,10 @@ class Trainer:
         history = self._start(state_dir, manager, resume)
         best_ndcg = max((h["val_ndcg"] for h in history), default=-1.0)
         bad_epochs = _epochs_since_best(history)
-        n = len(self.examples)
-        steps = math.ceil(n / cfg.batch_size)
         for epoch in range(int(self.epoch.numpy()), cfg.epochs):
             if bad_epochs >= cfg.patience:
                 break
-            started = time.time()
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-            rng = np.random.default_rng([cfg.seed, epoch, 1])
-            losses, accs = [], []
-            with progress_bar(total=steps, desc=f"epoch {epoch + 1}", unit="step") as bar:
-                for s in range(steps):
-                    batch = self._batch(order[s * cfg.batch_size:(s + 1) * cfg.batch_size], rng)
-                    loss, acc = self._train_step(*[tf.constant(x) for x in batch])
-                    losses.append(float(loss))
-                    accs.append(float(acc))
-                    bar.update(1)
-            metrics = self.validate(self.val_cases)
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                      "accuracy": float(np.mean(accs)), "val_hr": metrics["hr"],
-                      "val_ndcg": metrics["ndcg"], "val_mrr": metrics["mrr"],
-                      "seconds": round(time.time() - started, 2)}
+            record = self._epoch(epoch)
             history.append(record)
             if record["val_ndcg"] > best_ndcg:
                 best_ndcg, bad_epochs = record["val_ndcg"], 0
@@ -315,14 +335,34 @@ class Trainer:
                   f"({record['seconds']:.0f} s)", file=self.log)
             # History first, then the state that marks the epoch finished: a kill in between
             # leaves one history entry too many, which --resume drops and recomputes.
-            _write_json(os.path.join(state_dir, "history.json"), history)
+            write_json(os.path.join(state_dir, "history.json"), history)
             self.epoch.assign(epoch + 1)
             manager.save()
             plot_curves(history, os.path.join(state_dir, CURVES_NAME), cfg.k)
-        # (a run started before the best weights went through a manager wrote best/ckpt)
-        best.read(best_manager.latest_checkpoint or os.path.join(state_dir, "best", "ckpt")
-                  ).expect_partial()
+        if best_manager.latest_checkpoint:
+            best.read(best_manager.latest_checkpoint).expect_partial()
         return history
+
+    def _epoch(self, epoch):
+        """One pass over the examples in the order of (seed, epoch), then validation."""
+        cfg, started = self.config, time.time()
+        n = len(self.examples)
+        steps = math.ceil(n / cfg.batch_size)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        rng = np.random.default_rng([cfg.seed, epoch, 1])
+        losses, accs = [], []
+        with progress_bar(total=steps, desc=f"epoch {epoch + 1}", unit="step") as bar:
+            for s in range(steps):
+                batch = self._batch(order[s * cfg.batch_size:(s + 1) * cfg.batch_size], rng)
+                loss, acc = self._train_step(*[tf.constant(x) for x in batch])
+                losses.append(float(loss))
+                accs.append(float(acc))
+                bar.update(1)
+        metrics = self.validate(self.val_cases)
+        return {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                "accuracy": float(np.mean(accs)), "val_hr": metrics["hr"],
+                "val_ndcg": metrics["ndcg"], "val_mrr": metrics["mrr"],
+                "seconds": round(time.time() - started, 2)}
 
     def _start(self, state_dir, manager, resume):
         """Restore the last epoch's state for --resume; refuse to clobber an unfinished run."""
@@ -340,7 +380,7 @@ class Trainer:
             raise ValueError(f"{state_dir} holds a training run already: pass --resume to "
                              f"continue it, or choose another --out")
         os.makedirs(state_dir, exist_ok=True)
-        _write_json(os.path.join(state_dir, "config.json"), dataclasses.asdict(self.config))
+        write_json(os.path.join(state_dir, "config.json"), dataclasses.asdict(self.config))
         return []
 
 
@@ -350,11 +390,6 @@ def _epochs_since_best(history):
         return 0
     best = int(np.argmax([h["val_ndcg"] for h in history]))
     return len(history) - 1 - best
-
-
-def _write_json(path, data):
-    """Write JSON via a temporary file and an atomic rename."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def plot_curves(history, path, k):
@@ -389,8 +424,7 @@ def train(model_path, items, histories, out_dir, config=None, resume=False, log=
     print(f"training on {len(trainer.examples)} examples from {len(trainer.val_cases)} users "
           f"({trainer.skipped} skipped), validating on their last-but-one items", file=log)
     history = trainer.fit(out_dir, resume=resume)
-    rec = trainer.recommender()
-    rec.index_items(items)
+    rec = trainer.recommender().index_items(items, raw=trainer.encode_rows(items_only=True))
     rec.save(out_dir, keep=(STATE_DIR,))
     return history, rec
 

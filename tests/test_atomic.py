@@ -21,15 +21,15 @@ import time
 import numpy as np
 import pytest
 
-from bert_rec import atomic
-from bert_rec.cli import write_output
+from bert_rec.utils import atomic
+from bert_rec.commands import write_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 20240301
 
 WRITE_OUTPUTS = """
 import sys
-from bert_rec.cli import write_output
+from bert_rec.commands import write_output
 target, a, b = sys.argv[1:4]
 texts = [open(a, encoding="utf-8").read(), open(b, encoding="utf-8").read()]
 print("ready", flush=True)

@@ -17,8 +17,8 @@ import simdata  # noqa: E402
 def test_bert_flops_counts_matmuls():
     # One layer, one token, H=2, I=8: QKVO 8·1·4 + FFN 4·1·2·8 + attention 4·1·1·2 = 104.
     assert common.bert_flops([1], layers=1, hidden=2, intermediate=8) == 104
-    # BERT-base on a 128-token sequence: ~22.4 GFLOP (2 FLOPs per weight per token, plus
-    # attention), the figure quoted in STACK_NOTES.
+    # BERT-base on a 128-token sequence: 12 layers x (8·128·768² for QKVO + 4·128·768·3072 for
+    # the FFN + 4·128²·768 for attention) = 22.4 GFLOP.
     assert common.bert_flops([128], 12, 768) == pytest.approx(22.4e9, rel=0.01)
     assert common.bert_flops([3, 5], 2, 16) == common.bert_flops([3], 2, 16) + \
         common.bert_flops([5], 2, 16)
@@ -48,7 +48,7 @@ def test_build_items_are_distinct_beyond_the_real_captions():
 
 def test_length_buckets_leave_little_padding_on_the_sample_catalogue():
     from bert_rec.data import read_items
-    from bert_rec.models import plan_batches
+    from bert_rec.encoder import plan_batches
     from bert_rec.text import TextPipeline
     from bert_rec.tokenization import encode_texts, load_tokenizer
     items, _ = read_items(os.path.join(common.ROOT, "data", "sample", "items.jsonl"))

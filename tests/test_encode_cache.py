@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from bert_rec import atomic
+from bert_rec.utils import atomic
 from bert_rec.cli import build_parser, main
-from bert_rec.encode_cache import (MAX_SEGMENTS, EncodeCache, default_cache_dir,
+from bert_rec.utils.encode_cache import (MAX_SEGMENTS, EncodeCache, default_cache_dir,
                                    model_fingerprint, text_key)
 
 from conftest import TINY_TEXTS
@@ -21,7 +21,7 @@ FINGERPRINT = "0123456789abcdef" * 2 + "01234567"
 
 @pytest.fixture(scope="module")
 def encoder(tiny_ckpt):
-    from bert_rec.models import TextEncoder
+    from bert_rec.encoder import TextEncoder
     return TextEncoder(tiny_ckpt, batch_size=4)
 
 
@@ -105,7 +105,7 @@ def test_only_misses_are_encoded_and_stored(encoder, tmp_path, monkeypatch):
 
 def test_a_changed_weight_is_a_new_fingerprint_so_no_stale_hits(encoder, tiny_ckpt, tmp_path):
     from bert_rec.checkpoint import find_checkpoint, write_checkpoint_files
-    from bert_rec.models import TextEncoder
+    from bert_rec.encoder import TextEncoder
     fingerprint = model_fingerprint(encoder.files, "mean")
     copy = str(shutil.copytree(tiny_ckpt, tmp_path / "copy"))
     assert model_fingerprint(find_checkpoint(copy), "mean") == fingerprint  # same bytes

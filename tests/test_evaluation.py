@@ -7,15 +7,15 @@ import sys
 import numpy as np
 import pytest
 
+from bert_rec.config import DEFAULT_BEHAVIOR_WEIGHTS, ScoringConfig
 from bert_rec.data import Behavior, Item, group_by_user
 from bert_rec.evaluation import (
-    DEFAULT_WEIGHTS,
     Case,
     ItemKNN,
     Popularity,
     TfidfContent,
     evaluate_scores,
-    format_table,
+    format_metrics,
     item_index,
     leave_last_out,
     run_baselines,
@@ -57,7 +57,7 @@ def test_leave_last_out_target_is_last_distinct_item_and_history_is_cut():
     assert cases[0].history == events[:3]          # everything before c's first behaviour
 
 
-def test_leave_last_out_last_behaviour_is_a_review_of_an_older_item():
+def test_leave_last_out_last_behavior_is_a_review_of_an_older_item():
     events = [ev("u1", "a", 1), ev("u1", "b", 2), ev("u1", "a", 3)]
     (case,), _ = leave_last_out(group_by_user(events))
     assert case.target == "b"
@@ -227,7 +227,7 @@ def test_itemknn_recommends_co_clicked_item_where_popularity_would_not():
     assert sim[index["x"], index["p"]] == 0
 
 
-def test_itemknn_keeps_top_neighbors_and_weights_behaviours():
+def test_itemknn_keeps_top_neighbors_and_weights_behaviors():
     items = catalogue("a", "b", "c", "t")
     events = [ev("u1", "a", 1), ev("u1", "b", 2), ev("u1", "c", 3), ev("u1", "t", 4),
               ev("u2", "a", 1), ev("u2", "b", 2), ev("u2", "t", 3)]
@@ -244,6 +244,11 @@ def test_itemknn_keeps_top_neighbors_and_weights_behaviours():
     assert np.allclose(pruned.scores([probe])[0], 3 * row)
     custom = ItemKNN(neighbors=1, weights={"view": 0.5, "click": 0.0}).fit(items, cases)
     assert np.allclose(custom.scores([probe])[0], 0.5 * row)
+    # a model's ScoringConfig, its names matched ignoring case (as the readers and the model do)
+    scoring = ScoringConfig(behavior_weights={"View": 0.5, "CLICK": 0.0})
+    model_weights = ItemKNN(neighbors=1, weights=scoring).fit(items, cases)
+    assert np.allclose(model_weights.scores([probe])[0], 0.5 * row)
+    assert scoring.behavior_weight("click") == 0.0 and scoring.behavior_weight("VIEW") == 0.5
 
 
 TFIDF_TEXTS = {"h": "量子 搞笑", "b": "量子 物理 讲座", "a": "搞笑 小猫", "c": "搞笑 小狗",
@@ -325,29 +330,29 @@ def test_no_leakage_interactions_at_or_after_target_do_not_change_models():
 # --------------------------------------------------------------------------- reporting
 
 
-def test_run_baselines_and_format_table():
+def test_run_baselines_and_format_metrics():
     items, cases = co_click_data()
     results = run_baselines(items, cases, k=2, tokenize=str.split)
     assert list(results) == ["popularity", "itemknn", "tfidf"]
     for metrics in results.values():
         assert set(metrics) == {"hr", "ndcg", "mrr", "coverage"}
         assert all(0.0 <= value <= 1.0 for value in metrics.values())
-    table = format_table(results, k=2)
+    table = format_metrics(results, k=2)
     lines = table.splitlines()
     assert lines[0].split() == ["method", "HR@2", "NDCG@2", "MRR", "Coverage@2"]
     assert [line.split()[0] for line in lines[2:]] == ["popularity", "itemknn", "tfidf"]
 
 
-def test_format_table_marks_best_per_column():
+def test_format_metrics_marks_best_per_column():
     results = {"one": {"hr": 0.5, "ndcg": 0.12345, "mrr": 0.3, "coverage": 0.1},
                "two": {"hr": 0.25, "ndcg": 0.2, "mrr": 0.3, "coverage": 0.05}}
-    rows = {line.split()[0]: line.split()[1:] for line in format_table(results, k=5).splitlines()[2:]}
+    rows = {line.split()[0]: line.split()[1:] for line in format_metrics(results, k=5).splitlines()[2:]}
     assert rows["one"] == ["0.5000*", "0.1235", "0.3000*", "0.1000*"]
     assert rows["two"] == ["0.2500", "0.2000*", "0.3000*", "0.0500"]
-    assert "HR@5" in format_table(results, k=5) and "Coverage@5" in format_table(results, k=5)
+    assert "HR@5" in format_metrics(results, k=5) and "Coverage@5" in format_metrics(results, k=5)
 
 
 def test_default_weights_and_no_tensorflow_import():
-    assert DEFAULT_WEIGHTS == {"view": 1, "click": 2, "rate": 3, "comment": 3}
+    assert DEFAULT_BEHAVIOR_WEIGHTS == {"view": 1, "click": 2, "rate": 3, "comment": 3}
     code = "import sys, bert_rec.evaluation; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

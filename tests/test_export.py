@@ -14,10 +14,11 @@ from bert_rec.backend import keras, tf
 from bert_rec.cli import main
 from bert_rec.data import Behavior
 from bert_rec.export import export
-from bert_rec.recommend import Recommender, pad_units, user_units
+from bert_rec.config import TrainConfig
+from bert_rec.recommend import Recommender
 from bert_rec.serving import ServingClient, predict_request, rest_body
 from bert_rec.training import train
-from bert_rec.training_config import TrainConfig
+from bert_rec.units import pad_units, user_units
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_training import _dataset  # noqa: E402
@@ -69,13 +70,14 @@ def test_keras_files_load_with_plain_tf_keras(trained):
     token_ids = np.array([s + [0] * (length - len(s)) for s in seqs], np.int32)
     id_rows = np.array([rec.id_vocab[i.item_id] for i in items[:5]], np.int32)
     got = item_encoder.predict([token_ids, np.zeros_like(token_ids), id_rows], verbose=0)
-    np.testing.assert_allclose(got, rec.item_vectors[:5], atol=1e-5)
+    np.testing.assert_allclose(got, rec.catalogue.vectors[:5], atol=1e-5)
     users = ["u0", "u1", "edge"]
     table, text_rows = rec._unit_table([histories[u] for u in users])
-    units = [user_units(histories[u], rec.config.scoring, rec.item_index, text_rows)
+    units = [user_units(histories[u], rec.config.scoring, rec.catalogue.rows, text_rows)
              for u in users]
-    rows, weights = pad_units([(x[1], x[2]) for x in units])
-    candidates = np.broadcast_to(rec.item_vectors, (3,) + rec.item_vectors.shape)
+    rows, weights = pad_units(units)
+    vectors = rec.catalogue.vectors
+    candidates = np.broadcast_to(vectors, (3,) + vectors.shape)
     got = user_scorer.predict([table[rows], weights, candidates], verbose=0)
     np.testing.assert_allclose(got, rec.score([histories[u] for u in users]), atol=1e-5)
 
@@ -105,6 +107,17 @@ def test_export_layout_and_core_ops_only(trained):
         assert f"signature_def['{signature}']" in shown.stdout
     assert re.search(r"inputs\['behavior_token_ids'\] tensor_info:\s+dtype: DT_INT32",
                      shown.stdout)
+
+
+def test_models_config_keeps_every_exported_model(trained, tmp_path):
+    """Defect: exporting a second model rewrote models.config with only that model."""
+    _, _, out, _, _ = trained
+    folder = str(tmp_path / "exports")
+    export(out, folder, name="first")
+    export(out, folder, name="second")
+    config = open(os.path.join(folder, "models.config"), encoding="utf-8").read()
+    assert config.count("config {") == 2
+    assert 'name: "first"' in config and 'name: "second"' in config
 
 
 def test_fresh_process_serves_what_recommend_gives(trained, tmp_path):
@@ -145,14 +158,14 @@ def test_fresh_process_serves_what_recommend_gives(trained, tmp_path):
         np.testing.assert_allclose([s for _, s in got], [r.score for r in want.items], atol=1e-5)
     edge = served["recommend"]["scores"][users.index("edge")]
     assert np.isfinite(edge[:4]).all() and edge[4] == -np.inf  # only 4 unseen items left
-    table, text_rows = rec._unit_table(hist)
-    _, _, interest, scores = rec._score_batch(table, text_rows, hist)
+    [(_, _, _, interest, scores)] = list(rec._user_blocks(hist))
     np.testing.assert_allclose(served["user_vector"]["interest"], interest, atol=1e-5)
     np.testing.assert_allclose(np.array(served["score"]["scores"])[:, :4], scores[:, :4],
                                atol=1e-5)
     assert all(s[4] == -np.inf for s in served["score"]["scores"])
     raw = rec.encoder.encode([i.full_text() for i in items[:3]], max_len=rec.config.item_max_len)
-    np.testing.assert_allclose(served["item_vector"]["vector"], rec.project(raw), atol=1e-5)
+    np.testing.assert_allclose(served["item_vector"]["vector"], rec.towers.project(raw),
+                               atol=1e-5)
 
 
 def test_request_command_and_grpc_request(trained, tmp_path, capsys):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bert_rec.index import ItemIndex, recall_at_k
+from bert_rec.retrieval import ItemIndex, recall_at_k
 
 RNG = np.random.default_rng(0)
 
@@ -37,7 +37,7 @@ def test_exact_matches_numpy_and_excludes(data):
 def test_exact_blocks_match_numpy(data, monkeypatch, item_rows, query_rows):
     """Small blocks force many item chunks (with a tail shorter than a group) and query blocks:
     the grouped top-k must still return numpy's top-k, exclusions applied."""
-    import bert_rec.index as index_module
+    import bert_rec.retrieval as index_module
     ids, vectors, queries = data
     n = 3000 - 37  # not a multiple of the group size
     monkeypatch.setattr(index_module, "_block_sizes", lambda m, d, q: (item_rows, query_rows))
@@ -114,7 +114,8 @@ def test_recommender_with_faiss_flat_matches_exact(tiny_ckpt):
     exact = rec.recommend(histories, k=5)
     rec.use_index("faiss-flat")
     served = rec.recommend(histories, k=5)
-    vectors = {item.item_id: rec.item_vectors[rec.item_index[item.item_id]] for item in items}
+    vectors = {item.item_id: rec.catalogue.vectors[rec.catalogue.rows[item.item_id]]
+               for item in items}
     for a, b in zip(exact, served):
         np.testing.assert_allclose([r.score for r in a.items], [r.score for r in b.items],
                                    atol=1e-5)

@@ -61,11 +61,11 @@ def test_layers_round_trip_through_saved_models(tmp_path, fmt):
     states = keras.layers.Embedding(20, 4, name="emb")(token_ids)  # [B, L, H]
     vector = TokenPooling("mean", name="pool")([states, token_ids])  # [B, H]
     weights = keras.Input((3,), name="weights")
-    behaviours = keras.Input((3, 4), name="behaviours")
-    interest = WeightedPooling(name="interest")([behaviours, weights])
+    behaviors = keras.Input((3, 4), name="behaviors")
+    interest = WeightedPooling(name="interest")([behaviors, weights])
     score = CosineSimilarity(temperature=0.5, name="cos")(
         [interest, keras.layers.Reshape((1, 4))(vector)])
-    model = keras.Model([token_ids, behaviours, weights], score)
+    model = keras.Model([token_ids, behaviors, weights], score)
     x = [np.array([[2, 5, 3, 0]], np.int32), RNG.normal(size=(1, 3, 4)).astype(np.float32),
          np.array([[1.0, 0.5, 0.0]], np.float32)]
     path = str(tmp_path / ("m.h5" if fmt == "h5" else "m"))

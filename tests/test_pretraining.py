@@ -11,7 +11,9 @@ from bert_rec.backend import tf
 from bert_rec.checkpoint import (CheckpointError, create_random_checkpoint, find_checkpoint,
                                  load_bert)
 from bert_rec.data import Behavior, Item
-from bert_rec.pretraining import (SUMMARY_NAME, add_parser, batch_stats, main,
+from bert_rec.cli import add_pretrain_parser as add_parser
+from bert_rec.cli import main as cli_main
+from bert_rec.pretraining import (SUMMARY_NAME, batch_stats, read_corpus,
                                   mask_whole_words, nsp_pairs, pair_example, pretrain,
                                   run_pretraining, single_examples)
 from bert_rec.tokenization import SPECIAL_TOKENS, build_char_vocab, load_tokenizer
@@ -201,7 +203,7 @@ def test_scratch_checkpoint_reloads_with_the_same_mlm_outputs(scratch):
     with open(os.path.join(out, SUMMARY_NAME), encoding="utf-8") as f:
         summary = json.load(f)
     assert summary["steps"] == result.summary["steps"] > 0 and summary["seed"] == 1
-    assert summary["corpus"]["item_texts"] == 40 and summary["corpus"]["behaviour_texts"] == 12
+    assert summary["corpus"]["item_texts"] == 40 and summary["corpus"]["behavior_texts"] == 12
     assert summary["final"]["mlm_loss"] == result.summary["history"][-1]["mlm_loss"]
     assert summary["config"]["max_position_embeddings"] == TINY["max_len"]
 
@@ -224,7 +226,7 @@ def test_nsp_pretraining_writes_and_reloads_the_nsp_head(tmp_path):
     np.testing.assert_allclose(got[1], want[0], rtol=1e-5, atol=1e-6)
 
 
-def test_nsp_without_behaviours_pairs_title_and_text(tmp_path):
+def test_nsp_without_behaviors_pairs_title_and_text(tmp_path):
     summary = pretrain(_items(12), (), str(tmp_path / "nsp2"), epochs=1, nsp=True, min_count=1,
                        **TINY)
     assert summary["corpus"]["nsp_source"] == "title / rest of text"
@@ -276,6 +278,10 @@ def test_checkpoint_without_mlm_head_is_a_clear_error(tmp_path, tiny_vocab):
     assert not os.path.exists(tmp_path / "out")
 
 
+def main(argv):
+    return cli_main(["pretrain", *argv])
+
+
 def test_command_line(tmp_path, capsys):
     items = tmp_path / "items.jsonl"
     with open(items, "w", encoding="utf-8") as f:
@@ -299,5 +305,32 @@ def test_add_parser_registers_pretrain():
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["pretrain", "--items", "a.jsonl", "--behaviors", "b.jsonl", "--out",
                               "o", "--init", "c", "--nsp", "--on-error", "skip", "--heads", "4"])
-    assert args.func.__name__ == "_cmd_pretrain"  # the CLI's lazy wrapper of cmd_pretrain
+    assert args.func.__name__ == "cmd_pretrain"
     assert args.nsp and args.init == "c" and args.heads == 4
+
+
+def test_corpus_lines_train_and_a_holdout_measures_masked_lm(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt.gz"
+    import gzip
+    lines = [f"{PHRASES[i % len(PHRASES)]} 第{i}句" for i in range(60)]
+    with gzip.open(corpus, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines[:30]) + "\n\n" + "\n".join(lines[30:]) + "\n")
+    assert read_corpus([str(corpus)]) == lines  # blank lines skipped
+    out = tmp_path / "corpus-model"
+    assert main(["--corpus", str(corpus), "--out", str(out), "--epochs", "2", "--hidden-size",
+                 "16", "--layers", "1", "--max-len", "16", "--max-position", "32",
+                 "--min-count", "1", "--holdout", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "held out: masked-LM loss" in err
+    summary = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))
+    assert summary["corpus"]["corpus_texts"] == 60 and summary["corpus"]["holdout_texts"] == 10
+    assert summary["corpus"]["items"] == 0
+    assert 0 <= summary["final"]["heldout_mlm_accuracy"] <= 1
+    assert summary["final"]["heldout_masked_tokens"] > 0
+    assert summary["config"]["max_position_embeddings"] == 32
+    assert main(["--out", str(out)]) == 2  # no --items and no --corpus
+    assert "needs text" in capsys.readouterr().err
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    assert main(["--corpus", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "latin1.txt line 1: not UTF-8" in capsys.readouterr().err

@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from bert_rec.cli import build_parser, load_inputs, main
-from bert_rec.privacy import hash_user_id, user_id_hasher
+from bert_rec.cli import build_parser, main
+from bert_rec.commands import load_inputs
+from bert_rec.utils.privacy import hash_user_id, user_id_hasher
 from bert_rec.text import TextPipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,9 @@ import pytest
 
 from bert_rec.config import ModelConfig, ScoringConfig
 from bert_rec.data import Behavior, Item
-from bert_rec.recommend import Recommender, behavior_weights, fit_whitening
+from bert_rec.models import fit_whitening
+from bert_rec.recommend import Recommender
+from bert_rec.units import behavior_weights
 
 DAY = 86400.0
 ITEMS = [
@@ -29,10 +31,20 @@ def recommender(tiny_ckpt):
     return Recommender.load(tiny_ckpt).index_items(ITEMS)
 
 
-def _top(rec, history, **scoring):
-    rec.config.scoring = ScoringConfig(**scoring)
+def _with_scoring(base, **scoring):
+    """A recommender sharing ``base``'s encoder and catalogue vectors, with other scoring."""
+    config = base.config.replace(scoring=ScoringConfig(**scoring))
+    return Recommender(base.encoder, config).index_items(ITEMS, raw=base.catalogue.raw)
+
+
+def _top(base, history, **scoring):
+    rec = _with_scoring(base, **scoring)
     result = rec.recommend({"u1": history}, k=len(ITEMS), explain=10)[0]
     return [r.item_id for r in result.items], result
+
+
+def _vector(rec, item_id):
+    return rec.catalogue.vectors[rec.catalogue.rows[item_id]]
 
 
 def test_weights_follow_config():
@@ -73,16 +85,16 @@ def test_explanations_sum_to_one_and_match_numpy(recommender):
     seen = {(b.item_id, b.behavior) for b in history}
     rec = recommender
     weights = behavior_weights(history, rec.config.scoring)
-    text_rows, text_vectors = rec._encode_behavior_texts([history])
-    text_vec = text_vectors[text_rows["篮球 太 精彩 了"] - len(ITEMS)]
-    rows = [rec.item_vectors[rec.item_index[b.item_id]] for b in history] + [text_vec]
+    table, text_rows = rec._unit_table([history])
+    text_vec = table[text_rows["篮球 太 精彩 了"]]
+    rows = [_vector(rec, b.item_id) for b in history] + [text_vec]
     unit_w = np.append(weights, weights[1] * rec.config.scoring.text_weight)
     units = np.array(rows) / np.linalg.norm(rows, axis=1, keepdims=True)
     interest = (units * unit_w[:, None]).sum(0) / unit_w.sum()
     for r in result.items:
         assert sum(w.share for w in r.because) == pytest.approx(1.0, abs=1e-5)
         assert {(w.item_id, w.behavior) for w in r.because} <= seen
-        x = rec.item_vectors[rec.item_index[r.item_id]]
+        x = _vector(rec, r.item_id)
         cos = interest @ x / np.linalg.norm(interest) / np.linalg.norm(x)
         assert r.score == pytest.approx(cos, abs=1e-5)
         # the comment's share = its item vector's and its text's contributions together
@@ -91,6 +103,12 @@ def test_explanations_sum_to_one_and_match_numpy(recommender):
         comment = [w for w in r.because if w.behavior == "comment"][0]
         assert comment.share == pytest.approx((contrib[1] + contrib[3]) / cos, abs=1e-4)
         assert comment.text == "篮球 太 精彩 了"
+
+
+def test_fixtures_are_not_changed_by_scoring_variants(recommender):
+    before = recommender.config
+    _top(recommender, [_b("a1", "view", 0)], half_life_days=1.0, exclude_seen=False)
+    assert recommender.config is before and recommender.config.scoring == ScoringConfig()
 
 
 def test_each_distinct_text_is_encoded_once(recommender, monkeypatch):
@@ -107,9 +125,26 @@ def test_each_distinct_text_is_encoded_once(recommender, monkeypatch):
     recommender.recommend(histories, k=2)
     assert sum(calls) == 2  # two distinct texts for five users
     calls.clear()
-    recommender.index_items(ITEMS + [dataclasses.replace(ITEMS[0], item_id="a1-copy")])
+    other = Recommender(recommender.encoder, recommender.config)
+    other.index_items(ITEMS + [dataclasses.replace(ITEMS[0], item_id="a1-copy")])
     assert sum(calls) == len(ITEMS)  # a duplicate item text is encoded once
-    recommender.index_items(ITEMS)
+
+
+def test_reindexing_a_zero_shot_model_refits_the_whitening(recommender):
+    """Defect: a second catalogue kept the first catalogue's whitening."""
+    other_items = ITEMS[:3] + [Item("e1", "旅行 风景 摄影 山 水"), Item("e2", "美妆 口红 试色"),
+                               Item("e3", "健身 运动 跑步")]
+    live = Recommender(recommender.encoder, recommender.config).index_items(ITEMS)
+    live.index_items(other_items)
+    fresh = Recommender(recommender.encoder, recommender.config).index_items(other_items)
+    np.testing.assert_allclose(live.catalogue.vectors, fresh.catalogue.vectors, atol=1e-6)
+
+
+def test_unknown_item_in_a_history_is_a_clear_error(recommender):
+    ghost = Behavior("u1", "nope", "view", 0.0, source="behaviors.jsonl", line=7)
+    with pytest.raises(ValueError, match=r"behaviors.jsonl line 7: .*item 'nope'.*not in the "
+                                         r"indexed catalogue"):
+        recommender.recommend({"u1": [_b("a1", "view", 0), ghost]})
 
 
 def test_whitening_centres_and_decorrelates():
@@ -125,13 +160,12 @@ def test_whitening_centres_and_decorrelates():
 
 def test_model_directory_round_trip(recommender, tmp_path):
     history = {"u1": [_b("a1", "view", 0), _b("b1", "comment", 1, text="精彩")]}
-    recommender.config.scoring = ScoringConfig(half_life_days=7.0)
-    recommender.config.pooling = "mean"
-    before = recommender.recommend(history, k=3)
-    out = recommender.save(str(tmp_path / "model"))
+    rec = _with_scoring(recommender, half_life_days=7.0)
+    before = rec.recommend(history, k=3)
+    out = rec.save(str(tmp_path / "model"))
     loaded = Recommender.load(out).index_items(ITEMS)
     # the text config now points at the stopwords copied into the model directory
-    assert dataclasses.replace(loaded.config, text=recommender.config.text) == recommender.config
+    assert dataclasses.replace(loaded.config, text=rec.config.text) == rec.config
     assert loaded.config.text.stopwords_path.startswith(out)
     after = loaded.recommend(history, k=3)
     assert [r.item_id for r in after[0].items] == [r.item_id for r in before[0].items]
@@ -164,6 +198,24 @@ def test_saved_item_vectors_are_reused_and_changed_items_re_encoded(recommender,
     loaded.index_items(changed)
     assert calls == [[changed[-1].full_text()]]  # only the changed item was encoded
     fresh = Recommender.load(out)
-    fresh.model_dir = None  # no stored vectors: encode everything
+    fresh.model_path = None  # no stored vectors: encode everything
     fresh.index_items(changed)
-    np.testing.assert_allclose(loaded.item_vectors, fresh.item_vectors, atol=1e-5)
+    np.testing.assert_allclose(loaded.catalogue.vectors, fresh.catalogue.vectors, atol=1e-5)
+
+
+def test_stored_vectors_are_never_reused_for_another_pooling(recommender, tmp_path, monkeypatch):
+    """Defect: --pooling cls on a model directory reused its stored mean-pooled item vectors."""
+    out = recommender.save(str(tmp_path / "model"))
+    # the saved head (the fitted whitening) belongs to mean pooling: another one is refused
+    with pytest.raises(ValueError, match="mean-pooled"):
+        Recommender.load(out, overrides={"pooling": "cls"})
+    cls_model = Recommender.load(out, zero_shot=True, overrides={"pooling": "cls"})
+    calls = []
+    original = cls_model.encoder.encode
+    monkeypatch.setattr(cls_model.encoder, "encode",
+                        lambda texts, **kw: calls.append(list(texts)) or original(texts, **kw))
+    cls_model.index_items(ITEMS)
+    assert calls == [[item.full_text() for item in ITEMS]]  # every item encoded with cls
+    direct = Recommender.load(recommender.encoder.files.directory,
+                              overrides={"pooling": "cls"}).index_items(ITEMS)
+    np.testing.assert_allclose(cls_model.catalogue.raw, direct.catalogue.raw, atol=1e-5)

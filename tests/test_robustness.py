@@ -86,7 +86,7 @@ BAD_BEHAVIORS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BEHAVIORS))
-def test_bad_behaviour_row_is_one_line_naming_file_line_and_field(case, tiny_ckpt, items_file,
+def test_bad_behavior_row_is_one_line_naming_file_line_and_field(case, tiny_ckpt, items_file,
                                                                   tmp_path, capsys):
     name, content, line, field, words = BAD_BEHAVIORS[case]
     path = tmp_path / name
@@ -347,7 +347,7 @@ def test_output_written_in_chunks_of_users_is_the_same(fmt, tiny_ckpt, items_fil
             "-k", "2", "--format", fmt]
     outputs = []
     for chunk in (2048, 2):
-        monkeypatch.setattr("bert_rec.cli.RECOMMEND_CHUNK", chunk)
+        monkeypatch.setattr("bert_rec.commands.RECOMMEND_CHUNK", chunk)
         code, out, err = _run(capsys, *args)
         assert code == 0 and "recommended for 5 user(s)" in err
         outputs.append(out)

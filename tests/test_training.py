@@ -8,7 +8,7 @@ import pytest
 from bert_rec.data import Behavior, Item
 from bert_rec.recommend import Recommender
 from bert_rec.training import Trainer, split_for_training, train
-from bert_rec.training_config import TrainConfig
+from bert_rec.config import TrainConfig
 
 TOPICS = {
     "food": ["红烧肉", "家常菜", "美食", "做法", "好吃"],
@@ -118,6 +118,44 @@ def test_click_objective_and_top_layer_fine_tuning(tiny_ckpt, data, tmp_path):
                                   .get_weights()[0])
     assert not np.array_equal(layer1, reloaded.layers["Transformer-1-FeedForward"]
                               .get_weights()[0])
+
+
+def _count_encodes(monkeypatch, encoder):
+    calls = []
+    original = encoder.encode
+
+    def counting(texts, **kwargs):
+        calls.append(len(list(texts)))
+        return original(texts, **kwargs)
+    monkeypatch.setattr(encoder, "encode", counting)
+    return calls
+
+
+def test_validation_encodes_each_text_once_per_epoch(tiny_ckpt, data, monkeypatch):
+    """Defect: with trained layers, validation encoded the behaviour texts twice and threw one
+    result away."""
+    items, histories = data
+    base = Recommender.load(tiny_ckpt, zero_shot=True)
+    trainer = Trainer(base, items, histories, _config(train_layers=1))
+    calls = _count_encodes(monkeypatch, base.encoder)
+    trainer.validate(trainer.val_cases)
+    assert calls == [len(items), len(trainer.data.distinct_texts)]
+
+
+def test_training_does_not_encode_the_catalogue_again(tiny_ckpt, data, tmp_path, monkeypatch):
+    """Defect: train() re-encoded the whole catalogue although the raw table held it."""
+    items, histories = data
+    counted = []
+    original_init = Trainer.__init__
+
+    def init(self, rec, *args, **kwargs):
+        original_init(self, rec, *args, **kwargs)
+        counted.append(_count_encodes(monkeypatch, rec.encoder))  # after the trainer's own
+    monkeypatch.setattr(Trainer, "__init__", init)
+    monkeypatch.setattr(Trainer, "fit", lambda self, out, resume=False: [
+        {"epoch": 1, "val_ndcg": 0.0, "val_hr": 0.0}])
+    train(tiny_ckpt, items, histories, str(tmp_path / "m"), _config(epochs=1))
+    assert counted == [[]]  # the frozen encoder's item vectors came from the raw table
 
 
 def test_config_is_validated():

@@ -11,8 +11,10 @@ killed process left behind is removed by the next write to the same target
 (:func:`remove_stale`). No TensorFlow here.
 """
 
+import contextlib
 import ctypes
 import glob
+import json
 import os
 import re
 import shutil
@@ -95,6 +97,23 @@ def staging_dir(out_dir):
     return tmp
 
 
+@contextlib.contextmanager
+def staged_dir(out_dir, keep=()):
+    """Build a directory in a staging folder and swap it in at ``out_dir`` when the block ends.
+
+    ``with staged_dir(out) as tmp:`` write the files into ``tmp``; on normal exit ``tmp``
+    replaces ``out`` (:func:`replace_dir`, carrying ``keep`` entries over), on an exception
+    (or a kill) ``out`` is untouched and the staging folder is removed.
+    """
+    tmp = staging_dir(out_dir)
+    try:
+        yield tmp
+        replace_dir(tmp, out_dir, keep=keep)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _exchange(src, dst):
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
     if not sys.platform.startswith("linux"):
@@ -155,6 +174,11 @@ def write_text(path, text):
     file beside it and an atomic rename."""
     chunks = [text] if isinstance(text, str) else text
     return _write(path, lambda f: f.writelines(chunk.encode("utf-8") for chunk in chunks))
+
+
+def write_json(path, data):
+    """Write ``data`` as indented UTF-8 JSON (non-ASCII kept as is), atomically."""
+    return write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def write_bytes(path, data):

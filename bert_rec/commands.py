@@ -1,0 +1,244 @@
+"""What each ``bert-rec`` command does (the parsers are in cli.py).
+
+Inputs are read and validated before any model loads; TensorFlow is imported inside the
+commands that need it.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .config import PretrainConfig, TrainConfig
+from .data import DEFAULT_BEHAVIORS, group_by_user, read_behaviors, read_items
+from .explain import format_recommendations
+from .utils import atomic
+from .utils.encode_cache import default_cache_dir
+from .utils.privacy import user_id_hasher
+
+RECOMMEND_CHUNK = 2048  # users recommended (and their results held) at a time
+
+
+class UsageError(ValueError):
+    """A problem with the command-line arguments themselves."""
+
+
+# -- shared steps -------------------------------------------------------------------------------
+def cache_dir(args):
+    """The encode cache directory the arguments ask for; None under --no-cache."""
+    if getattr(args, "no_cache", False):
+        return None
+    return getattr(args, "cache_dir", None) or default_cache_dir()
+
+
+def load_inputs(args):
+    """Read and validate items and behaviours; returns (items, {user: behaviours})."""
+    verbose = getattr(args, "verbose", False)
+    salt = getattr(args, "hash_user_ids", None)
+    items, item_report = read_items(args.items, on_error=args.on_error)
+    names = tuple(DEFAULT_BEHAVIORS) + tuple(args.behavior_names or ())
+    behaviors, behavior_report = read_behaviors(
+        args.behaviors, on_error=args.on_error, behaviors=names,
+        item_ids={item.item_id for item in items}, verbose=verbose,
+        map_user_id=user_id_hasher(salt) if salt is not None else None)
+    for report in (item_report, behavior_report):
+        print(report.summary(), file=sys.stderr)
+        for example in report.examples if verbose else ():
+            print(f"  skipped: {example}", file=sys.stderr)
+    return items, group_by_user(behaviors)
+
+
+def selected_users(args, histories):
+    """The user ids --user names, as keys of ``histories`` (hashed under --hash-user-ids).
+
+    A pseudonym already in ``histories`` is taken as it is, so the owner of the salt may pass
+    either form.
+    """
+    salt = getattr(args, "hash_user_ids", None)
+    if salt is None:
+        return list(args.user)
+    hasher = user_id_hasher(salt)
+    return [user if user in histories else hasher(user) for user in args.user]
+
+
+def write_output(text, path):
+    """Print to stdout, or write ``path`` via a temporary file and an atomic rename.
+
+    ``text`` is a string or an iterable of strings (written as they come).
+    """
+    if not path:
+        for piece in [text] if isinstance(text, str) else text:
+            sys.stdout.write(piece)
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path} is a directory; give a file name")
+    atomic.write_text(path, text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_recommend(args):
+    if args.k < 1:
+        raise UsageError(f"-k must be >= 1, got {args.k}")
+    items, histories = load_inputs(args)
+    histories = _only_selected(args, histories)
+    from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
+    started = time.time()
+    overrides = {}
+    if args.pooling:
+        overrides["pooling"] = args.pooling
+    if args.include_seen:
+        overrides["scoring"] = {"exclude_seen": False}
+    recommender = Recommender.load(args.model, cache_dir=cache_dir(args), overrides=overrides)
+    recommender.index_items(items).use_index(args.index)
+    titles = {item.item_id: item.title for item in items}
+    served = []
+
+    def blocks():
+        """The output, RECOMMEND_CHUNK users at a time: memory is bounded for any user count."""
+        users = list(histories)
+        for start in range(0, len(users), RECOMMEND_CHUNK):
+            chunk = {u: histories[u] for u in users[start:start + RECOMMEND_CHUNK]}
+            results = recommender.recommend(chunk, k=args.k, explain=args.explain)
+            served.append(len(results))
+            if args.format == "json":
+                yield "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+            else:
+                yield ("\n" if start else "") + format_recommendations(results, histories, titles)
+
+    write_output(blocks(), args.output)
+    print(f"recommended for {sum(served)} user(s) from {len(items)} items in "
+          f"{time.time() - started:.1f} s", file=sys.stderr)
+
+
+def _only_selected(args, histories):
+    """The histories of the users --user names (all without it); unknown ones are an error."""
+    if args.user:
+        wanted = selected_users(args, histories)
+        unknown = [u for u, key in zip(args.user, wanted) if key not in histories]
+        if unknown:
+            some = ", ".join(sorted(histories)[:5])
+            raise UsageError(f"no behaviours for user(s) {', '.join(unknown)} in "
+                             f"{args.behaviors}; users there include {some}")
+        histories = {u: histories[u] for u in wanted}
+    if not histories:
+        raise UsageError(f"{args.behaviors}: no behaviours to recommend from")
+    return histories
+
+
+def cmd_train(args):
+    items, histories = load_inputs(args)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        temperature=args.temperature, train_layers=args.train_layers,
+        extra_negatives=args.extra_negatives, logq_correction=not args.no_logq,
+        id_embeddings=not args.no_id_embeddings, objective=args.objective,
+        patience=args.patience, k=args.k, seed=args.seed)
+    from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
+    started = time.time()
+    history, _ = train(args.model, items, histories, args.out, config, resume=args.resume,
+                       cache_dir=cache_dir(args))
+    best = max(history, key=lambda h: h["val_ndcg"])
+    print(f"best epoch {best['epoch']}: validation NDCG@{args.k} {best['val_ndcg']:.4f}, "
+          f"HR@{args.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all",
+          file=sys.stderr)
+    print(f"wrote the model to {args.out} (curves: "
+          f"{os.path.join(args.out, STATE_DIR, CURVES_NAME)})", file=sys.stderr)
+
+
+def cmd_evaluate(args):
+    items, histories = load_inputs(args)
+    from .evaluation import format_metrics, leave_last_out  # noqa: PLC0415
+    cases, skipped = leave_last_out(histories)
+    if not cases:
+        raise UsageError(f"{args.behaviors}: no user has 2 distinct items; nothing to evaluate")
+    from .comparison import evaluate_all, plot_results  # noqa: PLC0415
+    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args))
+    report = {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
+              "results": results}
+    if args.format == "json":
+        text = json.dumps(report, indent=2) + "\n"
+    else:
+        text = (f"{len(cases)} users evaluated ({skipped} skipped: fewer than 2 distinct items), "
+                f"{len(items)} candidate items\n" + format_metrics(results, args.k) + "\n")
+    write_output(text, args.output)
+    if args.plot:
+        plot_results(report, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def pretrain_config(args):
+    """The PretrainConfig the ``pretrain`` arguments ask for."""
+    return PretrainConfig(
+        init_checkpoint=args.init, hidden_size=args.hidden_size, num_layers=args.layers,
+        num_heads=args.heads, max_len=args.max_len, max_position=args.max_position,
+        max_vocab=args.max_vocab, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, nsp=args.nsp, seed=args.seed,
+        min_count=args.min_count, holdout_texts=args.holdout)
+
+
+def cmd_pretrain(args):
+    """Read the inputs and run pretraining with the parsed arguments."""
+    if not (args.items or args.corpus):
+        raise UsageError("pretrain needs text: pass --items FILE and/or --corpus FILE ...")
+    if args.behaviors and not args.items:
+        raise UsageError("--behaviors needs --items (behaviours refer to the catalogue's items)")
+    config = pretrain_config(args)
+    items, behaviors = [], []
+    if args.items:
+        items, report = read_items(args.items, on_error=args.on_error)
+        print(report.summary(), file=sys.stderr)
+    if args.behaviors:
+        names = tuple(DEFAULT_BEHAVIORS) + tuple(args.behavior_names or ())
+        behaviors, report = read_behaviors(args.behaviors, on_error=args.on_error,
+                                           behaviors=names,
+                                           item_ids={item.item_id for item in items})
+        print(report.summary(), file=sys.stderr)
+    from .pretraining import pretrain, read_corpus  # noqa: PLC0415  (TensorFlow loads here)
+    corpus = read_corpus(args.corpus or ())
+    command = {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
+    command["argv"] = sys.argv[1:]
+    pretrain(items, behaviors, args.out, config, corpus=corpus, command=command)
+
+
+def cmd_export(args):
+    from .export import export  # noqa: PLC0415
+    path = export(args.model, args.out, name=args.name, version=args.version)
+    print(f"wrote {path} and {os.path.join(args.out, 'models.config')}", file=sys.stderr)
+
+
+def cmd_request(args):
+    items, histories = load_inputs(args)
+    user = selected_users(argparse.Namespace(**{**vars(args), "user": [args.user]}),
+                          histories)[0]
+    if user not in histories:
+        raise UsageError(f"no behaviours for user {args.user} in {args.behaviors}")
+    from .serving import ServingClient, rest_body  # noqa: PLC0415
+    client = ServingClient(args.export)
+    by_id = {item.item_id: item for item in items}
+    history = [histories[user]]
+    if args.signature == "user_vector":
+        inputs = client.user_inputs(history, by_id)
+    else:
+        inputs = client.recommend_inputs(history, by_id, k=args.k)
+    sys.stdout.write(json.dumps(rest_body(inputs, args.signature), ensure_ascii=False) + "\n")
+
+
+def cmd_init_checkpoint(args):
+    items, _ = read_items(args.items)
+    texts = [item.full_text() for item in items]
+    if args.behaviors:
+        behaviors, _ = read_behaviors(args.behaviors, on_error="skip")
+        texts += [b.text for b in behaviors if b.text]
+    from .checkpoint import create_random_checkpoint  # noqa: PLC0415
+    from .text import TextPipeline  # noqa: PLC0415
+    from .tokenization import build_char_vocab  # noqa: PLC0415
+    pipeline = TextPipeline()
+    vocab = build_char_vocab((pipeline.normalize(t) for t in texts), min_count=args.min_count)
+    out = create_random_checkpoint(
+        args.out, vocab, seed=args.seed, hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        max_position_embeddings=args.max_position)
+    print(f"wrote a randomly initialised checkpoint ({len(vocab)} tokens, {args.layers} layers, "
+          f"hidden {args.hidden_size}) to {out}", file=sys.stderr)

@@ -1,0 +1,155 @@
+"""The Keras models of bert_rec, built in one place.
+
+- :func:`build_text_encoder`: ``token_ids, segment_ids -> text vector [B, H]`` (BERT + pooling).
+- :func:`build_towers` -> :class:`Towers`: the item tower (``ItemTower``: encoder vector + item
+  id -> scoring vector), the user tower (an interest layer over the user's unit vectors) and
+  the cosine scorer, and the functional models made of them. Recommending
+  (``recommend.Recommender``), training (``training.Trainer``), the ``.h5`` files and the
+  TF Serving export all call these same models, so a change to the pooling or the item tower
+  is made here once (``tests/test_models.py`` checks that the four agree).
+- :func:`fit_whitening` / :func:`whitened_tower`: the zero-shot item tower (BERT-whitening).
+"""
+
+import numpy as np
+
+from .backend import keras, tf
+from .layers import AttentionPooling, CosineSimilarity, ItemTower, TokenPooling, WeightedPooling
+
+
+def build_text_encoder(bert, pooling="mean"):
+    """Functional model ``token_ids [B, L], segment_ids [B, L] -> vector [B, H]``.
+
+    ``bert`` is the bert4keras Keras model (built ``with_pool=True`` for ``pooling='pooler'``);
+    it is nested as one layer, so its own layer names (the checkpoint mapping) stay untouched.
+    """
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
+    outputs = bert([token_ids, segment_ids])
+    if pooling == "pooler":
+        vector = outputs  # [B, H], tanh(W h_cls) from the checkpoint's pooler
+    elif pooling in ("mean", "cls"):
+        vector = TokenPooling(mode=pooling, name=f"{pooling}_pooling")([outputs, token_ids])
+    else:
+        raise ValueError(f"pooling must be mean, cls or pooler, got {pooling!r}")
+    return keras.Model([token_ids, segment_ids], vector, name="text_encoder")
+
+
+class Towers:
+    """Item tower, user tower and cosine scorer of one model, and the models built from them.
+
+    Models (all functional Keras models sharing these layers):
+
+    - ``item_projector``: ``encoder vectors [B, H], id_rows [B] -> item vectors [B, D]``;
+    - ``item_encoder``: ``token_ids [B, L], segment_ids [B, L], id_rows [B] -> [B, D]`` (the
+      text encoder + the item tower; only with a ``text_encoder``);
+    - ``user_encoder``: ``unit_vectors [B, N, D], unit_weights [B, N] -> interest [B, D],
+      attention [B, N]`` (the pooling weights the explanations split the score by);
+    - ``user_scorer``: ``unit_vectors, unit_weights, candidates [B, C, D] -> cosine [B, C]``.
+
+    ``id_rows``: the item's row in the id vocabulary, or ``num_ids`` for an item without an id
+    embedding (a new item, a behaviour text).
+    """
+
+    def __init__(self, item_tower, interest, text_encoder=None):
+        self.item_tower = item_tower
+        self.interest = interest
+        self.cosine = CosineSimilarity(name="cosine_score")
+        dim = item_tower.output_dim
+        raw = keras.Input((None,), name="encoder_vectors")
+        id_rows = keras.Input((), dtype="int32", name="id_rows")
+        self.item_projector = keras.Model([raw, id_rows], item_tower([raw, id_rows]),
+                                          name="item_projector")
+        self.item_encoder = None
+        if text_encoder is not None:
+            token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+            segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
+            vector = item_tower([text_encoder([token_ids, segment_ids]), id_rows])  # [B, D]
+            self.item_encoder = keras.Model([token_ids, segment_ids, id_rows], vector,
+                                            name="item_encoder")
+        unit_vectors = keras.Input((None, dim), name="unit_vectors")
+        unit_weights = keras.Input((None,), name="unit_weights")
+        self.user_encoder = keras.Model(
+            [unit_vectors, unit_weights],
+            interest([unit_vectors, unit_weights], return_attention=True), name="user_encoder")
+        candidates = keras.Input((None, dim), name="candidates")
+        scores = self.cosine([interest([unit_vectors, unit_weights]), candidates])  # [B, C]
+        self.user_scorer = keras.Model([unit_vectors, unit_weights, candidates], scores,
+                                       name="user_scorer")
+
+    @property
+    def num_ids(self):
+        return self.item_tower.num_ids
+
+    @property
+    def dim(self):
+        return self.item_tower.output_dim
+
+    @property
+    def trained(self):
+        """Whether the user tower is learned attention (a trained model), not a weighted mean."""
+        return isinstance(self.interest, AttentionPooling)
+
+    def project(self, raw, id_rows=None):
+        """Encoder vectors [N, H] (numpy) -> item vectors [N, D] (id rows: None = no item id)."""
+        if id_rows is None:
+            id_rows = np.full(len(raw), self.num_ids, np.int32)
+        return self.item_projector([tf.constant(raw, tf.float32),
+                                    tf.constant(np.asarray(id_rows, np.int32))]).numpy()
+
+    def score_units(self, table, rows, weights, items=None):
+        """Users' units as rows [B, N] of ``table`` [T, D] with weights [B, N] ->
+        (attention [B, N], interest [B, D], cosine with ``items`` [M, D] -> [B, M] or None)."""
+        interest, alpha = self.user_encoder([tf.constant(table[rows]), tf.constant(weights)])
+        scores = None
+        if items is not None:
+            scores = self.cosine([interest, tf.constant(items)]).numpy()  # [B, M]
+        return alpha.numpy(), interest.numpy(), scores
+
+
+def build_towers(item_tower, interest=None, text_encoder=None):
+    """:class:`Towers` around an ``ItemTower`` and an interest layer (default: the zero-shot
+    ``WeightedPooling``); ``text_encoder`` (``build_text_encoder``) adds ``item_encoder``."""
+    if interest is None:
+        interest = WeightedPooling(name="interest_pooling")
+    return Towers(item_tower, interest, text_encoder)
+
+
+def attention_layer(units, dim):
+    """A built ``AttentionPooling`` (the trained user tower) for unit vectors of size ``dim``."""
+    layer = AttentionPooling(units, name="interest_attention")
+    layer([np.zeros((1, 1, dim), np.float32), np.ones((1, 1), np.float32)])
+    return layer
+
+
+def fit_whitening(vectors, mode="whiten", dim=None):
+    """(mean [H], kernel [H, D]) so that ``(x - mean) @ kernel`` is centred (and whitened).
+
+    Whitening needs a well-conditioned covariance: with fewer than 2·H vectors it falls back to
+    centring only.
+    """
+    vectors = np.asarray(vectors, np.float64)  # [M, H]
+    mean = vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1])
+    hidden = vectors.shape[1]
+    if mode == "none":
+        return np.zeros(hidden, np.float32), np.eye(hidden, dtype=np.float32)
+    if mode == "center" or len(vectors) < 2 * hidden:
+        return mean.astype(np.float32), np.eye(hidden, dtype=np.float32)
+    cov = np.cov((vectors - mean).T)  # [H, H]
+    u, s, _ = np.linalg.svd(cov)
+    kernel = u / np.sqrt(s + 1e-6 * s.max())  # [H, H]
+    return mean.astype(np.float32), kernel[:, :dim].astype(np.float32)
+
+
+def item_tower(hidden, output_dim, num_ids=0):
+    """A built ``ItemTower`` for encoder vectors of size ``hidden``."""
+    tower = ItemTower(output_dim, num_ids=num_ids, name="item_tower")
+    tower([np.zeros((1, hidden), np.float32), np.zeros(1, np.int32)])  # build
+    return tower
+
+
+def whitened_tower(raw_items, config, num_ids=0):
+    """An ItemTower whose text part is BERT-whitening fitted on items' encoder vectors [M, H]."""
+    mean, kernel = fit_whitening(raw_items, config.whitening, config.whitening_dim)
+    tower = item_tower(kernel.shape[0], kernel.shape[1], num_ids)
+    tower.set_affine(mean, kernel)
+    return tower

@@ -1,0 +1,2 @@
+"""Infrastructure with no TensorFlow: kill-safe writes, the encode cache, progress bars and
+pseudonymous user ids."""
