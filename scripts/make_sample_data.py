@@ -32,7 +32,15 @@ The simulation, in short (see ``simulate_user``):
   clicks;
 * a user may re-view an earlier item, but never as the final view: the last
   distinct item of every user is a fresh draw of the interest process, like
-  every other fresh view, and serves as the evaluation target.
+  every other fresh view, and serves as the evaluation target;
+* negative feedback (``draw_dislikes``): every user has 1-2 first-level
+  categories they dislike, outside their interests; now and then the feed
+  pushes one of those items (``DISLIKE_VIEW_P`` of the fresh views before the
+  last). The user watches it, rarely clicks, and when they do they rate it low
+  (1-2) and/or complain in real negation phrasing (不好看, 没意思, 不推荐,
+  太无聊了 ...), often with a comment and no rating at all. These (user, item)
+  pairs are written to ``dislikes.jsonl``: the simulator's ground truth, for
+  evaluation only (bert_rec never reads it to recommend).
 
 Output is deterministic for a given ``--seed`` and parameters: all randomness
 goes through one ``numpy.random.Generator`` (PCG64), and only its
@@ -93,6 +101,10 @@ RATE_P = 0.35              # P(rate | click)
 COMMENT_P = 0.15           # P(comment | click)
 PII_P = 0.03               # P(fake personal data | comment)
 SPAN_DAYS = 60
+DISLIKE_VIEW_P = 0.15      # fresh view pushed from a disliked category
+DISLIKE_CLICK_P = 0.6      # P(click | disliked item viewed)
+DISLIKE_RATE_P = 0.45      # P(rate 1-2 | disliked item clicked)
+DISLIKE_COMMENT_P = 0.6    # P(complaint | disliked item clicked)
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +289,10 @@ def build_catalogue(rows: list[dict], which: str, n_items: int, rnd: Rand):
 # ---------------------------------------------------------------------------
 POSITIVE = [
     "这个{cat}视频太好看了",
+    "不错不错，{sub}拍得真好",
+    "没毛病，{tag}yyds",
+    "不得不说，{cat}这期太好看了",
+    "一点都不无聊，看了好几遍",
     "{tag}yyds，求更新",
     "太喜欢{sub}了，已关注",
     "「{title}」这个真的绝了👍",
@@ -314,11 +330,27 @@ NEGATIVE = [
     "太无聊了，{cat}越来越水",
     "画质好差，{sub}不是这么拍的",
 ]
+# complaints about an item of a category the user dislikes: real negation phrasing
+COMPLAINTS = [
+    "不好看，{cat}真的没意思",
+    "不推荐，{title}太无聊了",
+    "太无聊了，不想再看{cat}了",
+    "别再给我推{cat}了，不感兴趣",
+    "没意思，{sub}看不下去",
+    "一点都不好看，浪费时间",
+    "不喜欢{cat}，划走了",
+    "这种{sub}真的不行，不推荐",
+    "{tag}不是我的菜，没意思",
+    "不好笑，{title}很无聊",
+    "没看懂有什么好看的，不推荐",
+    "太假了，{sub}一点都不真实",
+]
 SUFFIXES = {
     "pos": ["", "", "", "！", "～", "😂", "哈哈", "👍", "。", "🔥", "！！", "😍"],
     "neu": ["", "", "", "。", "～", "？", "🤔", "哈哈"],
     "neg": ["", "", "", "。", "…", "😑", "🙄", "！"],
 }
+SUFFIXES["complaint"] = SUFFIXES["neg"]
 
 
 def _snippet(title: str) -> str:
@@ -347,7 +379,8 @@ def fake_pii(rnd: Rand) -> str:
 
 def make_comment(rnd: Rand, item: dict, sentiment: str, with_pii: bool,
                  generic_tags=frozenset()) -> str:
-    pool = {"pos": POSITIVE, "neu": NEUTRAL, "neg": NEGATIVE}[sentiment]
+    pool = {"pos": POSITIVE, "neu": NEUTRAL, "neg": NEGATIVE,
+            "complaint": COMPLAINTS}[sentiment]
     tags = [t for t in item["tags"] if t not in generic_tags] or item["tags"]
     fields = {
         "cat": item["cat1"],
@@ -441,6 +474,38 @@ def make_user(rnd: Rand, world: World, model: str) -> dict:
     return {"w0": w0, "w1": w1, "sec": sec, "tag": tag}
 
 
+def draw_dislikes(rnd: Rand, world: World, user: dict) -> list[int]:
+    """1-2 first-level categories (positions) the user dislikes, outside their interests."""
+    interests = [int(c) for c in np.flatnonzero(user["w0"] + user["w1"])]
+    prior = np.sqrt(world.cat_size)
+    prior[interests] = 0.0
+    if not prior.any():
+        return []
+    return [int(c) for c in rnd.weighted_sample(prior, 1 if rnd.u() < 0.5 else 2)]
+
+
+def disliked_view(rnd: Rand, world: World, seen: np.ndarray, dislikes: list[int]):
+    """A fresh item of a disliked category, drawn by popularity (None if none left)."""
+    members = np.concatenate([world.members[c] for c in dislikes])
+    weights = np.zeros(len(world.items))
+    weights[members] = world.pop[members] * ~seen[members]
+    return rnd.weighted(weights) if weights.any() else None
+
+
+def complaint_block(rnd: Rand, world: World, i: int, stats: Counter) -> list[tuple]:
+    """What a user does with an item they dislike: watch, maybe click, rate low, complain."""
+    block = [("view", i, None)]
+    if rnd.u() < DISLIKE_CLICK_P:
+        block.append(("click", i, None))
+        if rnd.u() < DISLIKE_RATE_P:
+            block.append(("rate", i, 1 + int(rnd.u() < 0.4)))
+        if rnd.u() < DISLIKE_COMMENT_P:
+            text = make_comment(rnd, world.items[i], "complaint", False, world.generic_tags)
+            block.append(("comment", i, (text, False)))
+    stats["disliked_views"] += 1
+    return block
+
+
 def affinity(world: World, user: dict, w: np.ndarray, i: int) -> float:
     cw = w[world.item_cat[i]] / w.max()
     return 0.6 * cw + 0.25 * user["sec"][i] + 0.15 * user["tag"][i]
@@ -451,18 +516,30 @@ def fmt_time(t: _dt.datetime) -> str:
 
 
 def simulate_user(rnd: Rand, world: World, model: str, uid: str,
-                  start: _dt.datetime, stats: Counter) -> list[dict]:
+                  start: _dt.datetime, stats: Counter,
+                  disliked: set | None = None) -> list[dict]:
+    """One user's behaviour records. The (user, item) pairs the user disliked and said so
+    (a low rating or a complaint survives in the log) are added to ``disliked``."""
     user = make_user(rnd, world, model)
+    dislikes = draw_dislikes(rnd, world, user)
     n_views = MIN_VIEWS + int((MAX_VIEWS - MIN_VIEWS + 1) * rnd.u() ** 1.6)
     n_views = min(n_views, MAX_VIEWS)
     seen = np.zeros(len(world.items), bool)
     history: list[int] = []
     blocks: list[list[tuple]] = []    # per view: [(behavior, item, extra)]
+    complaints: list[int] = []        # blocks of disliked items
     for v in range(n_views):
         frac = v / (n_views - 1)
         w = (1.0 - frac) * user["w0"] + frac * user["w1"]
+        if 0 < v < n_views - 1 and dislikes and rnd.u() < DISLIKE_VIEW_P:
+            i = disliked_view(rnd, world, seen, dislikes)
+            if i is not None:
+                seen[i] = True
+                complaints.append(len(blocks))
+                blocks.append(complaint_block(rnd, world, i, stats))
+                continue
         if 0 < v < n_views - 1 and rnd.u() < REVIEW_P:
-            i = rnd.pick(history)                       # re-view
+            i = rnd.pick(history)                       # re-view (of a liked item)
             stats["reviews"] += 1
         else:
             open_ = ~seen
@@ -507,6 +584,11 @@ def simulate_user(rnd: Rand, world: World, model: str, uid: str,
         blocks[k] = blocks[k][:1]
     stats["comments_with_fake_pii"] += sum(
         1 for b in blocks for e in b if e[0] == "comment" and e[2][1])
+    for k in complaints:
+        if any(e[0] in ("rate", "comment") for e in blocks[k]):
+            stats["explicit_dislikes"] += 1
+            if disliked is not None:
+                disliked.add((uid, world.items[blocks[k][0][1]]["item_id"]))
     return timestamp_blocks(rnd, blocks, uid, world, start)
 
 
@@ -652,7 +734,16 @@ deterministic for the seed and parameters.
   {SPAN_DAYS} days from {args.start_date}; clicks follow views more often for
   high-affinity items, ratings (1–5) are higher for the user's top category,
   comments (~15% of clicks) come from {len(POSITIVE) + len(NEGATIVE) + len(NEUTRAL)}
-  templates with sentiment following affinity.
+  templates with sentiment following affinity (positive ones include negations
+  such as 不错, 没毛病, 一点都不无聊).
+- Negative feedback: each user dislikes 1–2 first-level categories outside their
+  interests; {DISLIKE_VIEW_P:.0%} of the fresh views (never the last) are pushed
+  from them. The user watches, clicks less often, and then rates 1–2 and/or
+  complains in {len(COMPLAINTS)} templates of real negation phrasing (不好看,
+  没意思, 不推荐, 太无聊了 ...), often with no rating at all.
+  `dislikes.jsonl` lists the (user, item) pairs the user disliked and said so
+  (a low rating or a complaint in the log): the simulator's ground truth, used
+  only by evaluation (the disliked-items rate), never by bert_rec to recommend.
 - A user may re-view an item, but the last distinct item of each user is a
   regular draw of the interest process (a leave-last-out target).
 
@@ -663,6 +754,9 @@ deterministic for the seed and parameters.
 — title is the cover text, or the caption's first clause (≤20 chars) when there
 is none; text is the full caption (may be empty when only a cover text exists);
 category joins the known level names with `>`.
+
+`dislikes.jsonl` (SIMULATED ground truth, for evaluation):
+`{{"user_id": "u0001", "item_id": "v123"}}` per disliked item.
 
 `behaviors.jsonl`, sorted by user then time:
 `{{"user_id": "u0001", "item_id": "v123", "behavior": "view|click|rate|comment", "timestamp": "2024-03-05T12:34:56Z"}}`
@@ -680,6 +774,9 @@ plus `"rating": 1..5` on `rate` and `"text": str` on `comment`.
 | events per user (min / mean / max) | {stats["events_min"]} / {stats["events_mean"]:.1f} / {stats["events_max"]} |
 | re-views | {stats["reviews"]} |
 | comments with fake personal data | {stats["comments_with_fake_pii"]} |
+| views pushed from disliked categories | {stats["disliked_views"]} |
+| disliked items with a low rating or complaint (`dislikes.jsonl`) | {stats["explicit_dislikes"]} |
+| ratings of 1–2 | {stats["low_ratings"]} |
 | time range | {stats["first_time"]} – {stats["last_time"]} |
 | source rows usable / skipped | {stats["source_rows_used"]} / {skipped} |
 
@@ -700,9 +797,10 @@ def generate(args) -> dict:
     width = max(4, len(str(args.n_users)))
     behaviors: list[dict] = []
     per_user: list[int] = []
+    disliked: set = set()
     for n in range(1, args.n_users + 1):
         recs = simulate_user(rnd, world, args.user_model, f"u{n:0{width}d}",
-                             start, sim)
+                             start, sim, disliked)
         per_user.append(len(recs))
         behaviors.extend(recs)
 
@@ -712,6 +810,8 @@ def generate(args) -> dict:
         {"item_id": it["item_id"], "title": it["title"], "text": it["text"],
          "category": it["category"], "tags": it["tags"]} for it in items))
     _jsonl(out / "behaviors.jsonl", behaviors)
+    _jsonl(out / "dislikes.jsonl", ({"user_id": u, "item_id": i}
+                                    for u, i in sorted(disliked)))
 
     stats = {
         "n_items": len(items),
@@ -725,6 +825,9 @@ def generate(args) -> dict:
         "events_mean": sum(per_user) / len(per_user),
         "reviews": sim["reviews"],
         "comments_with_fake_pii": sim["comments_with_fake_pii"],
+        "disliked_views": sim["disliked_views"],
+        "explicit_dislikes": len(disliked),
+        "low_ratings": sum(1 for r in behaviors if r.get("rating", 5) <= 2),
         "first_time": min(b["timestamp"] for b in behaviors),
         "last_time": max(b["timestamp"] for b in behaviors),
         "source_rows_skipped": dict(sorted(skipped.items())),
@@ -777,6 +880,9 @@ def main(argv=None) -> int:
     print(f"  events per user: {stats['events_min']}-{stats['events_max']}, "
           f"mean {stats['events_mean']:.1f}; re-views {stats['reviews']}")
     print(f"  comments with fake PII: {stats['comments_with_fake_pii']}")
+    print(f"  negative feedback: {stats['disliked_views']} views pushed from disliked "
+          f"categories, {stats['explicit_dislikes']} disliked with a low rating or "
+          f"complaint, {stats['low_ratings']} ratings of 1-2")
     print(f"  source rows: {stats['source_rows_used']} usable, skipped "
           + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none"))
     return 0

@@ -250,3 +250,28 @@ def test_committed_files_match_generator(script, tmp_path, name):
         assert got[fname] == (DATA_DIRS[name] / fname).read_bytes(), (
             f"data/{name}/{fname} differs from the generator's output; "
             "regenerate it with the command in its README.md")
+
+
+@pytest.mark.parametrize("name", sorted(DATA_DIRS))
+def test_negative_feedback_is_in_the_log(name):
+    """Simulated dislikes: every listed pair has a low rating or a complaint in the log, the
+    complaints use real negation phrasing, and no user's last item (the target) is disliked."""
+    _, behaviors = _load_set(name)
+    dislikes = {(d["user_id"], d["item_id"])
+                for d in _read_jsonl(DATA_DIRS[name] / "dislikes.jsonl")}
+    assert len(dislikes) > 100
+    events = defaultdict(list)
+    for b in behaviors:
+        events[(b["user_id"], b["item_id"])].append(b)
+    for pair in dislikes:
+        said = [b for b in events[pair] if b["behavior"] in ("rate", "comment")]
+        assert said and all(b.get("rating", 1) <= 2 for b in said), pair
+    phrases = ("不好看", "没意思", "不推荐", "太无聊了")
+    complaints = [b["text"] for b in behaviors if b["behavior"] == "comment"
+                  and any(p in b["text"] for p in phrases)]
+    assert len(complaints) > 50
+    for uid, seq in _per_user(behaviors).items():
+        first = {}
+        for b in seq:
+            first.setdefault(b["item_id"], b)
+        assert (uid, list(first)[-1]) not in dislikes
