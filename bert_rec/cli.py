@@ -9,7 +9,7 @@ import sys
 from . import commands
 from .commands import UsageError
 from .config import (CONTINUE_LEARNING_RATE, OBJECTIVES, POOLINGS, SCRATCH_LEARNING_RATE,
-                     PretrainConfig, TrainConfig)
+                     PretrainConfig, SentimentConfig, TrainConfig)
 from .data import DEFAULT_BEHAVIORS, InputError
 from .retrieval import BACKENDS as INDEX_BACKENDS
 from .utils.encode_cache import ENV_VAR as CACHE_ENV_VAR
@@ -40,8 +40,8 @@ def build_parser():
         description="Understand users' behaviour with a Chinese BERT and recommend items.")
     sub = parser.add_subparsers(metavar="COMMAND")
     for add in (add_recommend_parser, add_train_parser, add_evaluate_parser,
-                add_pretrain_parser, add_export_parser, add_request_parser,
-                add_init_checkpoint_parser):
+                add_train_sentiment_parser, add_sentiment_parser, add_pretrain_parser,
+                add_export_parser, add_request_parser, add_init_checkpoint_parser):
         add(sub)
     return parser
 
@@ -116,6 +116,48 @@ def add_evaluate_parser(sub):
     ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
     _add_cache_args(ev)
     ev.set_defaults(func=commands.cmd_evaluate)
+
+
+def add_train_sentiment_parser(sub):
+    defaults = SentimentConfig()
+    p = sub.add_parser(
+        "train-sentiment", help="fine-tune the 2-class sentiment head (num_classes=2)",
+        description="Fine-tune a positive/negative classifier on the model's encoder (its own "
+                    "copy of the top --train-layers layers) from labelled files and/or the "
+                    "behaviour log's rated comments; writes a model directory holding the head "
+                    "(used by recommend and train to give behaviour texts their polarity).")
+    _add_model_arg(p)
+    p.add_argument("--data", nargs="+", metavar="FILE",
+                   help="JSON Lines (.jsonl[.gz]) with text and label (1 positive, 0 negative)")
+    p.add_argument("--behaviors", help="behaviour log: a comment on an item its writer rated "
+                                       ">= --positive-rating is positive, <= "
+                                       "--negative-rating negative")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--train-layers", type=int, default=defaults.train_layers,
+                   help=f"top encoder layers fine-tuned (default {defaults.train_layers}; "
+                        f"-1: all)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--max-len", type=int, default=defaults.max_len)
+    p.add_argument("--positive-rating", type=float, default=defaults.positive_rating)
+    p.add_argument("--negative-rating", type=float, default=defaults.negative_rating)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad behaviour rows: stop with a message (default) or skip and count")
+    p.set_defaults(func=commands.cmd_train_sentiment)
+
+
+def add_sentiment_parser(sub):
+    p = sub.add_parser(
+        "sentiment", help="how positive texts are, with a model's sentiment head",
+        description="P(positive) of each text with the sentiment head of a model directory "
+                    "(bert-rec train-sentiment).")
+    _add_model_arg(p)
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help="JSON Lines with a text field (.jsonl[.gz]), or .txt: one text per line")
+    _add_output_args(p)
+    p.set_defaults(func=commands.cmd_sentiment)
 
 
 def add_pretrain_parser(subparsers):

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from .config import PretrainConfig, TrainConfig
+from .config import PretrainConfig, SentimentConfig, TrainConfig
 from .data import DEFAULT_BEHAVIORS, group_by_user, read_behaviors, read_items
 from .explain import format_recommendations
 from .utils import atomic
@@ -166,6 +166,71 @@ def cmd_evaluate(args):
     if args.plot:
         plot_results(report, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def cmd_train_sentiment(args):
+    if not (args.data or args.behaviors):
+        raise UsageError("train-sentiment needs labelled texts: pass --data FILE ... and/or "
+                         "--behaviors FILE (rated comments)")
+    config = SentimentConfig(
+        train_layers=args.train_layers, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, max_len=args.max_len,
+        positive_rating=args.positive_rating, negative_rating=args.negative_rating,
+        seed=args.seed)
+    from .sentiment import log_labels, read_labelled, train_sentiment  # noqa: PLC0415
+    texts, labels = read_labelled(args.data or ())
+    sources = {"files": list(args.data or ()), "file_examples": len(texts)}
+    if args.behaviors:
+        behaviors, report = read_behaviors(args.behaviors, on_error=args.on_error)
+        print(report.summary(), file=sys.stderr)
+        log_texts, log_label = log_labels(behaviors, config.positive_rating,
+                                          config.negative_rating)
+        texts, labels = texts + log_texts, labels + log_label
+        sources.update(behaviors=args.behaviors, log_examples=len(log_texts))
+    print(f"training the sentiment head on {len(texts)} labelled texts "
+          f"({sum(labels)} positive)", file=sys.stderr)
+    clf = train_sentiment(args.model, texts, labels, args.out, config, sources, log=sys.stderr)
+    best = clf.meta["validation"]
+    print(f"best epoch {best['epoch']}: validation accuracy {best['accuracy']:.3f}, AUC "
+          f"{best['auc']:.3f}; wrote {args.out}", file=sys.stderr)
+
+
+def cmd_sentiment(args):
+    from .sentiment import SentimentClassifier  # noqa: PLC0415
+    from . import model_dir  # noqa: PLC0415
+    if not SentimentClassifier.present(args.model):
+        raise UsageError(f"{args.model} has no sentiment head (sentiment.npz): train one with "
+                         f"bert-rec train-sentiment --model {args.model} --data FILE --out DIR")
+    texts = read_texts(args.input)
+    clf = SentimentClassifier.load(args.model, model_dir.read_config(args.model).text)
+    positive = clf.predict(texts)
+    cleaned = clf.pipeline.clean_many(texts)
+    rows = [{"text": c, "positive": round(float(p), 6),
+             "label": "positive" if p >= 0.5 else "negative"} for c, p in zip(cleaned, positive)]
+    if args.format == "json":
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    else:
+        text = "".join(f"{row['positive']:6.3f}  {row['label']:<8}  {row['text']}\n"
+                       for row in rows)
+    write_output(text, args.output)
+
+
+def read_texts(path):
+    """Texts to classify: JSON Lines with a ``text`` field, or a .txt file (one per line)."""
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith(".txt"):
+        import gzip  # noqa: PLC0415
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f if line.strip()]
+    from .data import InputError, iter_records  # noqa: PLC0415
+    texts = []
+    for line, record in iter_records(path, required=("text",)):
+        if not isinstance(record.get("text"), str):
+            raise InputError(path, line, "text", f"expected a string, found "
+                                                 f"{record.get('text')!r}")
+        texts.append(record["text"])
+    return texts
 
 
 def pretrain_config(args):

@@ -31,9 +31,12 @@ def _from_dict(cls, data, where):
     return cls(**data)
 
 
+POLARITIES = ("signed", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoringConfig:
-    """How a user's behaviours are weighted into the interest vector.
+    """How a user's behaviours are weighted into the interest (and dislike) vectors.
 
     weight = behavior_weights[behavior] * rating factor * recency factor, where the rating
     factor is ``rating / rating_max`` for behaviours with a rating (1 otherwise) and the recency
@@ -41,6 +44,13 @@ class ScoringConfig:
     behaviour (``half_life_days <= 0`` turns recency off). A behaviour with text adds a second
     vector, its text's, with ``text_weight`` times that weight. Only the latest ``max_history``
     behaviours are pooled; every seen item is still excluded when ``exclude_seen``.
+
+    Polarity (``polarity="signed"``, the default; ``"off"`` weighs every behaviour as interest):
+    a rating says ``(rating - midpoint) / (rating_max - midpoint)`` (midpoint: ``rating_midpoint``,
+    default half of ``rating_max``), a text the sentiment head's ``2 P(positive) - 1``. An item
+    whose mean stated opinion is below ``-neutral_margin`` is disliked: every behaviour on it
+    weighs ``-type * recency * |opinion|`` and goes into the dislike vector, whose similarity is
+    subtracted with ``dislike_weight`` (units.py, layers.InterestScore).
     """
     behavior_weights: dict = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_BEHAVIOR_WEIGHTS))
@@ -50,19 +60,36 @@ class ScoringConfig:
     text_weight: float = 1.0
     max_history: int = 100
     exclude_seen: bool = True
+    polarity: str = "signed"
+    rating_midpoint: float | None = None
+    neutral_margin: float = 0.1
+    dislike_weight: float = 0.5
 
     def __post_init__(self):
+        if self.polarity not in POLARITIES:
+            raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, "
+                             f"got {self.polarity!r}")
+        if self.dislike_weight < 0 or self.neutral_margin < 0:
+            raise ValueError("dislike_weight and neutral_margin must be >= 0")
         for name, weight in self.behavior_weights.items():
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"behavior_weights[{name!r}] = {weight!r}: weights must be "
                                  f"finite numbers >= 0")
         if self.rating_max <= 0:
             raise ValueError(f"rating_max must be > 0, got {self.rating_max}")
+        if self.rating_midpoint is not None and not 0 <= self.rating_midpoint < self.rating_max:
+            raise ValueError(f"rating_midpoint must be in [0, rating_max), got "
+                             f"{self.rating_midpoint}")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}")
         # Behaviour names match ignoring case, as the readers match them.
         object.__setattr__(self, "_folded", {name.casefold(): float(weight)
                                              for name, weight in self.behavior_weights.items()})
+
+    @property
+    def midpoint(self):
+        """The rating that says neither like nor dislike."""
+        return self.rating_max / 2 if self.rating_midpoint is None else self.rating_midpoint
 
     def behavior_weight(self, behavior):
         """The configured weight of a behaviour name, ignoring case
@@ -141,6 +168,7 @@ class ModelConfig:
 
 # -- training commands -----------------------------------------------------------------------
 OBJECTIVES = ("softmax", "click", "both")
+USER_TOWERS = ("attention", "sequence")  # the trained user towers (models.user_tower)
 SCRATCH_LEARNING_RATE = 1e-3   # bert-rec pretrain from scratch
 CONTINUE_LEARNING_RATE = 5e-5  # bert-rec pretrain --init CKPT (domain-adaptive)
 
@@ -158,6 +186,8 @@ class TrainConfig:
     logq_correction: bool = True
     id_embeddings: bool = True
     attention_units: int = 64
+    user_tower: str = "attention"
+    sequence_heads: int = 2
     objective: str = "softmax"
     click_weight: float = 0.5
     patience: int = 4
@@ -173,6 +203,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_layers < 0 or self.extra_negatives < 0 or self.temperature <= 0:
             raise ValueError("train_layers and extra_negatives must be >= 0, temperature > 0")
+        if self.user_tower not in USER_TOWERS:
+            raise ValueError(f"user_tower must be one of {', '.join(USER_TOWERS)}, "
+                             f"got {self.user_tower!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,3 +256,35 @@ class PretrainConfig:
         if self.learning_rate:
             return self.learning_rate
         return CONTINUE_LEARNING_RATE if self.init_checkpoint else SCRATCH_LEARNING_RATE
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentConfig:
+    """Hyper-parameters of ``bert-rec train-sentiment`` (saved in ``sentiment.json``).
+
+    ``train_layers``: top transformer layers fine-tuned (-1: all). Labels from the log: a text
+    on an item its writer rated ``>= positive_rating`` is positive, ``<= negative_rating``
+    negative. ``validation_fraction`` of the examples (seeded) pick the best epoch (AUC).
+    """
+    train_layers: int = 2
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    max_len: int = 128
+    validation_fraction: float = 0.1
+    positive_rating: float = 4.0
+    negative_rating: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got "
+                             f"{self.validation_fraction}")
+        if self.negative_rating >= self.positive_rating:
+            raise ValueError(f"negative_rating {self.negative_rating} must be below "
+                             f"positive_rating {self.positive_rating}")

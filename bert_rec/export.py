@@ -22,10 +22,12 @@ from .recommend import Recommender
 from .utils.atomic import staged_dir, write_text
 
 # Names of the SavedModel's signature inputs (fixed: clients and bert_rec.serving use them).
-USER_INPUTS = ("behavior_token_ids", "behavior_item_ids", "behavior_weights")
+USER_INPUTS = ("behavior_token_ids", "behavior_item_ids", "behavior_weights",
+               "behavior_features")
 USER_SPEC = [tf.TensorSpec([None, None, None], tf.int32, name="behavior_token_ids"),
              tf.TensorSpec([None, None], tf.string, name="behavior_item_ids"),
-             tf.TensorSpec([None, None], tf.float32, name="behavior_weights")]
+             tf.TensorSpec([None, None], tf.float32, name="behavior_weights"),
+             tf.TensorSpec([None, None, 3], tf.int32, name="behavior_features")]
 TOKEN_SPEC = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
               tf.TensorSpec([None, None], tf.int32, name="segment_ids")]
 
@@ -36,16 +38,25 @@ class ServingModule(tf.Module):
     User inputs, for B users with N behaviour units of L tokens each (see bert_rec.serving):
     ``behavior_token_ids`` int32 [B, N, L] (token ids of each unit's text; ignored for units
     whose item is in the index), ``behavior_item_ids`` string [B, N] (the unit's item id, ""
-    for a behaviour text or padding), ``behavior_weights`` float32 [B, N] (0 = padding).
+    for a behaviour text or padding), ``behavior_weights`` float32 [B, N] (signed: negative
+    for a disliked behaviour; 0 = padding), ``behavior_features`` int32 [B, N, 3] (kind, age
+    and gap buckets: units.py; read by the sequence tower). With a sentiment head the module
+    also has a ``sentiment`` signature (token ids -> P(positive)), which a client uses to sign
+    behaviour texts before the request.
     """
 
-    def __init__(self, towers, item_ids, item_vectors):
+    def __init__(self, towers, item_ids, item_vectors, sentiment=None):
         super().__init__(name="bert_rec")
         # Variables are tracked explicitly; the Keras objects stay out of the object graph (set
         # around tf.Module's tracking) so the export holds plain TF functions only.
         object.__setattr__(self, "_towers", towers)
-        self.model_variables = list(towers.item_encoder.variables) + list(
-            towers.interest.variables)
+        object.__setattr__(self, "_sentiment", sentiment)
+        self.model_variables = (list(towers.item_encoder.variables)
+                                + list(towers.interest.variables)
+                                + list(towers.scorer.variables))
+        if sentiment is not None:
+            self.sentiment_variables = list(sentiment.model.variables)
+            self.sentiment = tf.function(self._sentiment_signature, input_signature=TOKEN_SPEC)
         self.item_ids = tf.constant(item_ids, tf.string)  # [M]
         self.item_vectors = tf.Variable(item_vectors, trainable=False, name="item_vectors")
         self.item_rows = tf.lookup.StaticHashTable(
@@ -63,15 +74,22 @@ class ServingModule(tf.Module):
         return self._towers
 
     def signatures(self):
-        return {"serving_default": self.recommend, "recommend": self.recommend,
-                "item_vector": self.item_vector, "user_vector": self.user_vector,
-                "score": self.score}
+        found = {"serving_default": self.recommend, "recommend": self.recommend,
+                 "item_vector": self.item_vector, "user_vector": self.user_vector,
+                 "score": self.score}
+        if self._sentiment is not None:
+            found["sentiment"] = self.sentiment
+        return found
 
     # -- building blocks ------------------------------------------------------------------------
     def _encode(self, token_ids, segment_ids):
         """[K, L] token ids -> [K, D] item vectors without id embeddings (new items, texts)."""
         no_id = tf.fill(tf.shape(token_ids)[:1], self.towers.num_ids)
         return self.towers.item_encoder([token_ids, segment_ids, no_id], training=False)
+
+    def _sentiment_signature(self, token_ids, segment_ids):
+        logits = self._sentiment.model([token_ids, segment_ids], training=False)  # [B, 2]
+        return {"positive": tf.nn.softmax(logits)[:, 1]}
 
     def _units(self, token_ids, unit_item_ids, weights):
         """Unit vectors [B, N, D]: the index's vector for known items, else the encoder's."""
@@ -85,30 +103,36 @@ class ServingModule(tf.Module):
         vectors = tf.tensor_scatter_nd_update(known, need[:, None], encoded)
         return tf.reshape(vectors, tf.concat([shape, [-1]], axis=0))  # [B, N, D]
 
-    def _interest(self, token_ids, unit_item_ids, weights):
+    def _profile(self, token_ids, unit_item_ids, weights, features):
         units = self._units(token_ids, unit_item_ids, weights)
-        interest, _ = self.towers.user_encoder([units, weights], training=False)
-        return interest  # [B, D]
+        profile, _ = self.towers.user_encoder([units, weights, features], training=False)
+        return profile  # [B, 2, D]
 
     # -- signatures -----------------------------------------------------------------------------
     def _item_vector(self, token_ids, segment_ids):
         return {"vector": self._encode(token_ids, segment_ids)}
 
-    def _user_vector(self, behavior_token_ids, behavior_item_ids, behavior_weights):
-        return {"interest": self._interest(behavior_token_ids, behavior_item_ids,
-                                           behavior_weights)}
+    def _user_vector(self, behavior_token_ids, behavior_item_ids, behavior_weights,
+                     behavior_features):
+        profile = self._profile(behavior_token_ids, behavior_item_ids, behavior_weights,
+                                behavior_features)
+        return {"interest": profile[:, 0], "dislike": profile[:, 1],
+                "query": self.towers.scorer.query(profile)}
 
-    def _score(self, behavior_token_ids, behavior_item_ids, behavior_weights, candidate_item_ids):
-        u = self._interest(behavior_token_ids, behavior_item_ids, behavior_weights)  # [B, D]
+    def _score(self, behavior_token_ids, behavior_item_ids, behavior_weights, behavior_features,
+               candidate_item_ids):
+        profile = self._profile(behavior_token_ids, behavior_item_ids, behavior_weights,
+                                behavior_features)  # [B, 2, D]
         rows = self.item_rows.lookup(candidate_item_ids)  # [B, C]
         candidates = tf.gather(self.item_vectors, tf.maximum(rows, 0))  # [B, C, D]
-        scores = self.towers.cosine([u, candidates])  # [B, C]
+        scores = self.towers.scorer([profile, candidates])  # [B, C]
         return {"scores": tf.where(rows >= 0, scores, -np.inf)}  # unknown ids: -inf
 
     def _recommend(self, behavior_token_ids, behavior_item_ids, behavior_weights,
-                   exclude_item_ids, k):
-        u = self._interest(behavior_token_ids, behavior_item_ids, behavior_weights)  # [B, D]
-        scores = self.towers.cosine([u, self.item_vectors])  # [B, M]
+                   behavior_features, exclude_item_ids, k):
+        profile = self._profile(behavior_token_ids, behavior_item_ids, behavior_weights,
+                                behavior_features)  # [B, 2, D]
+        scores = self.towers.scorer([profile, self.item_vectors])  # [B, M]
         rows = self.item_rows.lookup(exclude_item_ids)  # [B, E]
         users = tf.broadcast_to(tf.range(tf.shape(rows)[0])[:, None], tf.shape(rows))
         hits = tf.cast(tf.where(rows >= 0), tf.int32)  # [H, 2] (user, position)
@@ -137,7 +161,7 @@ def export(model_path, export_dir, name="bert_rec", version=None):
         version = max(existing, default=0) + 1
     target = os.path.join(base, str(version))
     with staged_dir(target) as staged, tempfile.TemporaryDirectory() as sources:
-        module = ServingModule(rec.towers, ids, vectors)
+        module = ServingModule(rec.towers, ids, vectors, rec.sentiment)
         module.assets = [tf.saved_model.Asset(p) for p in _asset_files(model_path, sources)]
         tf.saved_model.save(module, staged, signatures=module.signatures())
     write_text(os.path.join(export_dir, "models.config"), models_config(export_dir))
@@ -149,7 +173,7 @@ def _asset_files(model_path, src):
     """Copy the preprocessing files into the folder ``src`` and return their paths."""
     paths = []
     for name in (MODEL_CONFIG_NAME, "vocab.txt", model_dir.STOPWORDS_NAME,
-                 model_dir.USER_DICT_NAME, "bert_config.json"):
+                 model_dir.USER_DICT_NAME, "bert_config.json", "sentiment.json"):
         path = os.path.join(model_path, name)
         if os.path.isfile(path):
             shutil.copyfile(path, os.path.join(src, name))
@@ -201,10 +225,11 @@ Signatures (all inputs int32 / float32 / string tensors, core TensorFlow ops onl
 
 | signature | inputs | outputs |
 |---|---|---|
-| serving_default = recommend | behavior_token_ids [B,N,L] int32, behavior_item_ids [B,N] string, behavior_weights [B,N] float32, exclude_item_ids [B,E] string, k [] int32 | item_ids [B,k] string, scores [B,k] float32 |
-| user_vector | the three behavior_* inputs | interest [B,D] |
-| score | the three behavior_* inputs, candidate_item_ids [B,C] string | scores [B,C] (-inf for unknown ids) |
+| serving_default = recommend | behavior_token_ids [B,N,L] int32, behavior_item_ids [B,N] string, behavior_weights [B,N] float32 (signed: < 0 for disliked), behavior_features [B,N,3] int32, exclude_item_ids [B,E] string, k [] int32 | item_ids [B,k] string, scores [B,k] float32 |
+| user_vector | the four behavior_* inputs | interest [B,D], dislike [B,D], query [B,D] |
+| score | the four behavior_* inputs, candidate_item_ids [B,C] string | scores [B,C] (-inf for unknown ids) |
 | item_vector | token_ids [B,L] int32, segment_ids [B,L] int32 | vector [B,D] |
+| sentiment (with a sentiment head) | token_ids [B,L] int32, segment_ids [B,L] int32 | positive [B] |
 
 Build a request body for one user with
 

@@ -5,8 +5,11 @@ A model directory (written atomically: built in a staging folder, then swapped i
 - ``bert_rec.json``: the ``ModelConfig`` (text, pooling, scoring settings);
 - the encoder as a Google-format checkpoint (``bert_config.json``, ``vocab.txt``,
   ``bert_model.ckpt.*``), ``stopwords.txt`` and ``userdict.txt`` (if any);
-- ``head.npz`` + ``item_ids.txt``: the item tower, the trained attention (if any) and the
-  item-id vocabulary of the id embeddings;
+- ``head.npz`` + ``head.json`` + ``item_ids.txt``: the item tower, the trained user tower (if
+  any: its kind and settings in head.json), the dislike weight and the item-id vocabulary of
+  the id embeddings;
+- ``sentiment.npz`` + ``sentiment.json``: the sentiment head, if one was trained
+  (``bert-rec train-sentiment``; see sentiment.py);
 - ``item_vectors.npy`` / ``.keys`` / ``.ids``: the indexed catalogue's encoder vectors, keyed by
   (feature text, item max length, pooling), so unchanged items are not encoded again and a
   vector is never reused for another pooling or length;
@@ -15,6 +18,7 @@ A model directory (written atomically: built in a staging folder, then swapped i
 """
 
 import hashlib
+import json
 import os
 import shutil
 import warnings
@@ -27,11 +31,12 @@ from .checkpoint import (BERT_CONFIG_NAME, CheckpointError, read_arrays, read_li
                          write_checkpoint_files)
 from .config import MODEL_CONFIG_NAME, ModelConfig
 from .layers import custom_objects as layer_objects
-from .models import attention_layer, item_tower
+from .models import item_tower, user_tower
 from .tokenization import read_vocab_tokens
-from .utils.atomic import staged_dir
+from .utils.atomic import link_tree, staged_dir
 
 HEAD_NAME = "head.npz"
+HEAD_META_NAME = "head.json"
 ITEM_IDS_NAME = "item_ids.txt"
 ITEM_VECTORS_NAME = "item_vectors.npy"
 ITEM_KEYS_NAME = "item_vectors.keys"
@@ -77,23 +82,31 @@ def has_head(path):
 
 # -- the head -----------------------------------------------------------------------------------
 def save_head(out_dir, towers, id_vocab):
-    """Write head.npz (item tower and, if trained, attention weights) and item_ids.txt."""
+    """Write head.npz (item tower, user tower weights, dislike weight), head.json (the user
+    tower's kind and settings) and item_ids.txt."""
     tower = towers.item_tower
     arrays = {"tower_kernel": tower.kernel.numpy(), "tower_bias": tower.bias.numpy(),
-              "tower_id_embeddings": tower.id_embeddings.numpy()}
+              "tower_id_embeddings": tower.id_embeddings.numpy(),
+              "dislike_weight": np.float32(towers.dislike_weight)}
+    kind = _TOWER_KINDS.get(type(towers.interest).__name__, "weighted")
     if towers.trained:
-        attention = towers.interest
-        arrays.update(attention_kernel=attention.kernel.numpy(),
-                      attention_bias=attention.bias.numpy(),
-                      attention_query=attention.query.numpy())
+        arrays.update({f"interest_{i}": w for i, w in enumerate(towers.interest.get_weights())})
     with open(os.path.join(out_dir, HEAD_NAME), "wb") as f:
         np.savez(f, **arrays)
+    config = {k: v for k, v in towers.interest.get_config().items()
+              if k in ("units", "heads")}
+    with open(os.path.join(out_dir, HEAD_META_NAME), "w", encoding="utf-8") as f:
+        json.dump({"user_tower": kind, "settings": config}, f, indent=2)
     with open(os.path.join(out_dir, ITEM_IDS_NAME), "w", encoding="utf-8") as f:
         f.writelines(item_id + "\n" for item_id in sorted(id_vocab, key=id_vocab.get))
 
 
-def load_head(path):
-    """(ItemTower, AttentionPooling or None, id vocab) from a model directory's head.npz."""
+_TOWER_KINDS = {"AttentionPooling": "attention", "SequenceAttentionPooling": "sequence"}
+
+
+def load_head(path, default_dislike_weight=0.5):
+    """(ItemTower, trained user tower or None, dislike weight, id vocab) from a model
+    directory's head files."""
     head_path = os.path.join(path, HEAD_NAME)
     arrays = read_arrays(head_path)
     ids_path = os.path.join(path, ITEM_IDS_NAME)
@@ -105,12 +118,28 @@ def load_head(path):
                          f"from different saves; save the model again")
     tower = item_tower(kernel.shape[0], kernel.shape[1], num_ids=len(id_vocab))
     tower.set_weights([kernel, arrays["tower_bias"], arrays["tower_id_embeddings"]])
-    attention = None
-    if "attention_kernel" in arrays:
-        attention = attention_layer(arrays["attention_kernel"].shape[1], kernel.shape[1])
-        attention.set_weights([arrays["attention_kernel"], arrays["attention_bias"],
-                               arrays["attention_query"]])
-    return tower, attention, id_vocab
+    dislike = float(arrays.get("dislike_weight", default_dislike_weight))
+    return tower, _load_user_tower(path, arrays, kernel.shape[1]), dislike, id_vocab
+
+
+def _load_user_tower(path, arrays, dim):
+    """The trained user tower of head.npz (None for a zero-shot head)."""
+    if "attention_kernel" in arrays:  # a head written before head.json existed
+        layer = user_tower("attention", dim, arrays["attention_kernel"].shape[1])
+        layer.set_weights([arrays["attention_kernel"], arrays["attention_bias"],
+                           arrays["attention_query"]])
+        return layer
+    meta_path = os.path.join(path, HEAD_META_NAME)
+    if not os.path.isfile(meta_path):
+        return None
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("user_tower", "weighted") == "weighted":
+        return None
+    layer = user_tower(meta["user_tower"], dim, **meta.get("settings", {}))
+    weights = [arrays[f"interest_{i}"] for i in range(len(layer.get_weights()))]
+    layer.set_weights(weights)
+    return layer
 
 
 # -- stored item vectors ----------------------------------------------------------------------
@@ -170,6 +199,8 @@ def save(rec, out_dir, keep=(), keras_models=True):
             shutil.copyfile(text.user_dict_path, os.path.join(tmp, USER_DICT_NAME))
         if towers is not None:
             save_head(tmp, towers, rec.id_vocab)
+        if rec.sentiment is not None:
+            rec.sentiment.save_head(tmp)
         if rec.catalogue is not None:
             _save_item_vectors(tmp, rec.catalogue, rec.config)
         if keras_models and towers is not None:
@@ -189,6 +220,31 @@ def _save_item_vectors(directory, catalogue, config):
                      + "\n" for item in catalogue.items)
     with open(os.path.join(directory, ITEM_VECTOR_IDS_NAME), "w", encoding="utf-8") as f:
         f.writelines(item.item_id + "\n" for item in catalogue.items)
+
+
+def derive(src, out_dir, add, replaced=()):
+    """Write a model directory at ``out_dir`` holding ``src`` plus what ``add(directory)`` writes.
+
+    ``src`` is a model directory (all its files are carried over, hard-linked where possible;
+    those named in ``replaced`` are left out, as ``add`` writes them anew) or a Google
+    checkpoint directory (it becomes a model directory with default settings). Atomic like
+    every directory bert_rec writes; ``out_dir`` may be ``src`` itself.
+    """
+    from .text import TextPipeline  # noqa: PLC0415
+    with staged_dir(out_dir) as tmp:
+        os.rmdir(tmp)
+        link_tree(src, tmp)
+        for name in replaced:  # unlinked, never written through: they are src's files too
+            if os.path.exists(os.path.join(tmp, name)):
+                os.unlink(os.path.join(tmp, name))
+        if not is_model_dir(src):
+            config = ModelConfig()
+            with open(os.path.join(tmp, STOPWORDS_NAME), "w", encoding="utf-8") as f:
+                stopwords = TextPipeline(config.text).stopwords
+                f.writelines(word + "\n" for word in sorted(stopwords))
+            config.save(os.path.join(tmp, MODEL_CONFIG_NAME))
+        add(tmp)
+    return os.path.abspath(out_dir)
 
 
 # -- whole Keras models -------------------------------------------------------------------------

@@ -7,13 +7,19 @@
   (``recommend.Recommender``), training (``training.Trainer``), the ``.h5`` files and the
   TF Serving export all call these same models, so a change to the pooling or the item tower
   is made here once (``tests/test_models.py`` checks that the four agree).
+- :func:`user_tower`: the trained user towers, ``attention`` or ``sequence``.
 - :func:`fit_whitening` / :func:`whitened_tower`: the zero-shot item tower (BERT-whitening).
 """
 
 import numpy as np
 
 from .backend import keras, tf
-from .layers import AttentionPooling, CosineSimilarity, ItemTower, TokenPooling, WeightedPooling
+from .config import USER_TOWERS
+from .layers import (AttentionPooling, InterestScore, ItemTower, SequenceAttentionPooling,
+                     TokenPooling, WeightedPooling)
+from .units import BUCKETS, FEATURES, TEXT_KIND
+
+KIND_IDS = TEXT_KIND + 2  # kind ids 0..TEXT_KIND (+1 spare) for the kind embedding
 
 
 def build_text_encoder(bert, pooling="mean"):
@@ -35,25 +41,27 @@ def build_text_encoder(bert, pooling="mean"):
 
 
 class Towers:
-    """Item tower, user tower and cosine scorer of one model, and the models built from them.
+    """Item tower, user tower and scorer of one model, and the models built from them.
 
     Models (all functional Keras models sharing these layers):
 
     - ``item_projector``: ``encoder vectors [B, H], id_rows [B] -> item vectors [B, D]``;
     - ``item_encoder``: ``token_ids [B, L], segment_ids [B, L], id_rows [B] -> [B, D]`` (the
       text encoder + the item tower; only with a ``text_encoder``);
-    - ``user_encoder``: ``unit_vectors [B, N, D], unit_weights [B, N] -> interest [B, D],
-      attention [B, N]`` (the pooling weights the explanations split the score by);
-    - ``user_scorer``: ``unit_vectors, unit_weights, candidates [B, C, D] -> cosine [B, C]``.
+    - ``user_encoder``: ``unit_vectors [B, N, D], unit_weights [B, N] (signed),
+      unit_features [B, N, 3] -> profile [B, 2, D] (interest, dislikes), attention [B, N]``
+      (the signed pooling weights the explanations split the score by);
+    - ``user_scorer``: ``unit_vectors, unit_weights, unit_features, candidates [B, C, D] ->
+      scores [B, C]`` (``InterestScore``: cos(interest, x) - dislike_weight cos(dislikes, x)).
 
     ``id_rows``: the item's row in the id vocabulary, or ``num_ids`` for an item without an id
     embedding (a new item, a behaviour text).
     """
 
-    def __init__(self, item_tower, interest, text_encoder=None):
+    def __init__(self, item_tower, interest, text_encoder=None, dislike_weight=0.5):
         self.item_tower = item_tower
         self.interest = interest
-        self.cosine = CosineSimilarity(name="cosine_score")
+        self.scorer = InterestScore(dislike_weight, name="interest_score")
         dim = item_tower.output_dim
         raw = keras.Input((None,), name="encoder_vectors")
         id_rows = keras.Input((), dtype="int32", name="id_rows")
@@ -66,15 +74,14 @@ class Towers:
             vector = item_tower([text_encoder([token_ids, segment_ids]), id_rows])  # [B, D]
             self.item_encoder = keras.Model([token_ids, segment_ids, id_rows], vector,
                                             name="item_encoder")
-        unit_vectors = keras.Input((None, dim), name="unit_vectors")
-        unit_weights = keras.Input((None,), name="unit_weights")
-        self.user_encoder = keras.Model(
-            [unit_vectors, unit_weights],
-            interest([unit_vectors, unit_weights], return_attention=True), name="user_encoder")
+        units = [keras.Input((None, dim), name="unit_vectors"),
+                 keras.Input((None,), name="unit_weights"),
+                 keras.Input((None, FEATURES), dtype="int32", name="unit_features")]
+        self.user_encoder = keras.Model(units, interest(units, return_attention=True),
+                                        name="user_encoder")
         candidates = keras.Input((None, dim), name="candidates")
-        scores = self.cosine([interest([unit_vectors, unit_weights]), candidates])  # [B, C]
-        self.user_scorer = keras.Model([unit_vectors, unit_weights, candidates], scores,
-                                       name="user_scorer")
+        scores = self.scorer([interest(units), candidates])  # [B, C]
+        self.user_scorer = keras.Model(units + [candidates], scores, name="user_scorer")
 
     @property
     def num_ids(self):
@@ -86,8 +93,12 @@ class Towers:
 
     @property
     def trained(self):
-        """Whether the user tower is learned attention (a trained model), not a weighted mean."""
-        return isinstance(self.interest, AttentionPooling)
+        """Whether the user tower is learned (a trained model), not a weighted mean."""
+        return not isinstance(self.interest, WeightedPooling)
+
+    @property
+    def dislike_weight(self):
+        return float(self.scorer.dislike_weight.numpy())
 
     def project(self, raw, id_rows=None):
         """Encoder vectors [N, H] (numpy) -> item vectors [N, D] (id rows: None = no item id)."""
@@ -96,29 +107,60 @@ class Towers:
         return self.item_projector([tf.constant(raw, tf.float32),
                                     tf.constant(np.asarray(id_rows, np.int32))]).numpy()
 
-    def score_units(self, table, rows, weights, items=None):
-        """Users' units as rows [B, N] of ``table`` [T, D] with weights [B, N] ->
-        (attention [B, N], interest [B, D], cosine with ``items`` [M, D] -> [B, M] or None)."""
-        interest, alpha = self.user_encoder([tf.constant(table[rows]), tf.constant(weights)])
+    def score_units(self, table, rows, weights, features, items=None):
+        """Users' units as rows [B, N] of ``table`` [T, D], signed weights [B, N] and features
+        [B, N, 3] -> (attention [B, N], profile [B, 2, D], scores against ``items`` [M, D] ->
+        [B, M] or None)."""
+        profile, alpha = self.user_encoder([tf.constant(table[rows]), tf.constant(weights),
+                                            tf.constant(features)])
         scores = None
         if items is not None:
-            scores = self.cosine([interest, tf.constant(items)]).numpy()  # [B, M]
-        return alpha.numpy(), interest.numpy(), scores
+            scores = self.scorer([profile, tf.constant(items)]).numpy()  # [B, M]
+        return alpha.numpy(), profile.numpy(), scores
+
+    def query(self, profile):
+        """Profiles [B, 2, D] -> queries [B, D] with score(x) = x̂ · q (for an index)."""
+        return self.scorer.query(tf.constant(profile)).numpy()
 
 
-def build_towers(item_tower, interest=None, text_encoder=None):
+def build_towers(item_tower, interest=None, text_encoder=None, dislike_weight=0.5):
     """:class:`Towers` around an ``ItemTower`` and an interest layer (default: the zero-shot
     ``WeightedPooling``); ``text_encoder`` (``build_text_encoder``) adds ``item_encoder``."""
     if interest is None:
         interest = WeightedPooling(name="interest_pooling")
-    return Towers(item_tower, interest, text_encoder)
+    return Towers(item_tower, interest, text_encoder, dislike_weight)
+
+
+def user_tower(kind, dim, units=64, heads=2):
+    """A built trained user tower: ``attention`` (AttentionPooling) or ``sequence``
+    (SequenceAttentionPooling), for unit vectors of size ``dim``."""
+    if kind == "attention":
+        layer = AttentionPooling(units, name="interest_attention")
+    elif kind == "sequence":
+        layer = SequenceAttentionPooling(units, heads, kinds=KIND_IDS, buckets=BUCKETS,
+                                         name="interest_sequence")
+    else:
+        raise ValueError(f"user tower must be one of {', '.join(USER_TOWERS)}, got {kind!r}")
+    layer([np.zeros((1, 1, dim), np.float32), np.ones((1, 1), np.float32),
+           np.zeros((1, 1, FEATURES), np.int32)])
+    return layer
+
+
+def train_top_layers(transformer, n):
+    """Make only the top ``n`` transformer layers of a bert4keras Transformer trainable (all of
+    them for ``n < 0`` or ``n >=`` the depth; none for 0); returns the number made trainable."""
+    total = transformer.num_hidden_layers
+    n = total if n < 0 else min(n, total)
+    for layer in transformer.model.layers:
+        name = layer.name
+        layer.trainable = (n > 0 and name.startswith("Transformer-")
+                           and int(name.split("-")[1]) >= total - n)
+    return n
 
 
 def attention_layer(units, dim):
     """A built ``AttentionPooling`` (the trained user tower) for unit vectors of size ``dim``."""
-    layer = AttentionPooling(units, name="interest_attention")
-    layer([np.zeros((1, 1, dim), np.float32), np.ones((1, 1), np.float32)])
-    return layer
+    return user_tower("attention", dim, units)
 
 
 def fit_whitening(vectors, mode="whiten", dim=None):

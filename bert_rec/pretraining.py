@@ -38,6 +38,7 @@ from .backend import Tokenizer, build_transformer_model, keras, reset_initialize
 from .checkpoint import (CheckpointError, bert_config, find_checkpoint, has_variable, load_bert,
                          save_checkpoint)
 from .config import PretrainConfig
+from .optimization import WarmupLinearDecay, bucketed_batches
 from .tokenization import SPECIAL_TOKENS, build_char_vocab, load_tokenizer, pad_batch, read_vocab
 from .utils.atomic import write_json
 from .utils.progress import progress_bar
@@ -47,7 +48,6 @@ PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
 MASK_RATE = 0.15
 WARMUP_FRACTION = 0.1
 NSP_IGNORE = -1  # nsp label of a single-text example (no NSP loss)
-POOL_SIZE = 50   # batches' worth of examples sorted by length together (bucketing)
 
 
 # ======================================================================================
@@ -257,19 +257,6 @@ def _title_rest_pairs(items, pipeline, encode, rng):
 # ======================================================================================
 # batches
 # ======================================================================================
-def bucketed_batches(lengths, batch_size, rng):
-    """Shuffled batches of example indices; examples of similar length share a batch."""
-    order = rng.permutation(len(lengths))
-    lengths = np.asarray(lengths)
-    batches = []
-    pool = batch_size * POOL_SIZE
-    for start in range(0, len(order), pool):
-        chunk = order[start:start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def make_batch(examples, rng, vocab_size, special_ids, mask_id):
     """Mask and pad examples -> (token_ids, segment_ids, labels [B, L], nsp_labels [B]) int32."""
     inputs, labels = [], []
@@ -287,24 +274,6 @@ def make_batch(examples, rng, vocab_size, special_ids, mask_id):
 # ======================================================================================
 # model and training
 # ======================================================================================
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then linear decay to 0."""
-
-    def __init__(self, peak, total_steps, warmup):
-        self.peak = float(peak)
-        self.total_steps = max(int(total_steps), 1)
-        self.warmup = max(int(warmup), 1)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0
-        up = step / self.warmup
-        down = (self.total_steps - step + 1.0) / max(self.total_steps - self.warmup + 1, 1)
-        return self.peak * tf.clip_by_value(tf.minimum(up, down), 0.0, 1.0)
-
-    def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup}
-
-
 def training_model(transformer, nsp):
     """A keras Model over the transformer's inputs with outputs [MLM probs] (+ [NSP probs]):
     the pretraining heads as bert4keras builds them (what a reloaded checkpoint computes)."""

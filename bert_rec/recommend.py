@@ -3,12 +3,14 @@
 It only orchestrates the steps, each in the module named after it:
 
     texts ─ encoder.py ─► encoder vectors ─ models.Towers.item_projector ─► item vectors
-    behaviours ─ units.py ─► weighted units ─ Towers.user_encoder ─► interest (+ attention)
-    interest · items ─ Towers.cosine ─► scores ─ retrieval.py ─► top-k ─ explain.py ─► why
+    behaviours ─ units.py ─► signed units ─ Towers.user_encoder ─► interest, dislikes
+    profile · items ─ Towers.scorer ─► scores ─ retrieval.py ─► top-k ─ explain.py ─► why
 
 Zero-shot (a Google checkpoint, or ``zero_shot=True``), the item tower is BERT-whitening fitted
 on the indexed catalogue and the user tower a weighted mean; a trained model directory brings
-its learned item tower (+ item-id embeddings) and attention.
+its learned item tower (+ item-id embeddings) and user tower. Behaviours are signed (units.py):
+what a user disliked (a low rating, a complaint the sentiment head recognises) goes into a
+dislike vector whose similarity lowers the score (layers.InterestScore).
 """
 
 import dataclasses
@@ -21,6 +23,7 @@ from .encoder import TextEncoder
 from .explain import Recommendation, UserRecommendations, behavior_shares, merge_because
 from .models import build_towers, whitened_tower
 from .retrieval import ItemIndex, best_k
+from .sentiment import SentimentClassifier
 from .units import pad_units, text_unit_rows, user_units
 from .utils.progress import progress_bar
 
@@ -39,9 +42,12 @@ class Catalogue:
 class Recommender:
     """A text encoder and the towers of one model, scoring users against an indexed catalogue."""
 
-    def __init__(self, encoder, config, towers=None, id_vocab=None, model_path=None):
+    def __init__(self, encoder, config, towers=None, id_vocab=None, model_path=None,
+                 sentiment=None):
         self.encoder = encoder
         self.config = config
+        # A sentiment.SentimentClassifier: the polarity of behaviour texts (None: ratings only).
+        self.sentiment = sentiment
         # None: zero-shot; the towers are (re)fitted on every catalogue index_items is given.
         self.towers = towers
         self._fit_on_catalogue = towers is None
@@ -79,11 +85,14 @@ class Recommender:
         if cache_dir:
             encoder.enable_cache(cache_dir)
         model_path = path if model_dir.is_model_dir(path) else None
+        sentiment = None
+        if model_path and SentimentClassifier.present(path):
+            sentiment = SentimentClassifier.load(path, config.text)
         if not use_head:
-            return cls(encoder, config, model_path=model_path)
-        tower, attention, id_vocab = model_dir.load_head(path)
-        towers = build_towers(tower, attention, encoder.model)
-        return cls(encoder, config, towers, id_vocab, model_path=model_path)
+            return cls(encoder, config, model_path=model_path, sentiment=sentiment)
+        tower, interest, dislike_weight, id_vocab = model_dir.load_head(path)
+        towers = build_towers(tower, interest, encoder.model, dislike_weight)
+        return cls(encoder, config, towers, id_vocab, model_path, sentiment)
 
     def save(self, out_dir, keep=(), keras_models=True):
         """Write a model directory (see model_dir.py), atomically; returns its path."""
@@ -113,7 +122,8 @@ class Recommender:
         raw = self.encode_items(items) if raw is None else raw  # [M, H]
         if self._fit_on_catalogue:  # zero-shot: whitening of this catalogue
             self.towers = build_towers(whitened_tower(raw, self.config),
-                                       text_encoder=self.encoder.model)
+                                       text_encoder=self.encoder.model,
+                                       dislike_weight=self.config.scoring.dislike_weight)
         id_rows = [self.id_vocab.get(item.item_id, self.towers.num_ids) for item in items]
         self.catalogue = Catalogue(items, {item.item_id: i for i, item in enumerate(items)},
                                    raw, self.towers.project(raw, id_rows))
@@ -133,28 +143,35 @@ class Recommender:
 
     # -- users --------------------------------------------------------------------------------
     def _unit_table(self, histories):
-        """(unit table [M + T, D]: items, then these users' distinct texts; text -> row)."""
+        """(unit table [M + T, D]: items, then these users' distinct texts; text -> row;
+        text -> opinion 2 P(positive) - 1 from the sentiment head, or None without one)."""
         distinct, text_rows = text_unit_rows(
             (b.text for behaviors in histories for b in behaviors), self.encoder.pipeline,
             offset=len(self.catalogue.items))
         vectors = self.encoder.encode(distinct, max_len=self.config.text_max_len,
                                       desc="encoding behaviour texts", clean=False)
         table = np.concatenate([self.catalogue.vectors, self.towers.project(vectors)])
-        return table, text_rows
+        text_opinion = None
+        if self.sentiment is not None and distinct:
+            positive = self.sentiment.predict(distinct, clean=False)  # [T]
+            offset = len(self.catalogue.items)
+            text_opinion = {raw: float(2 * positive[row - offset] - 1)
+                            for raw, row in text_rows.items()}
+        return table, text_rows, text_opinion
 
     def _user_blocks(self, histories, with_scores=True):
-        """(users' units, attention [B, N], interest [B, D], scores [B, M] or None) per block of
-        users, blocks small enough that the [B, M] score block stays near 256 MB."""
+        """(users' units, unit table, attention [B, N], profiles [B, 2, D], scores [B, M] or
+        None) per block of users, blocks small enough that the score block stays near 256 MB."""
         self._require_items()
-        table, text_rows = self._unit_table(histories)
+        table, text_rows, text_opinion = self._unit_table(histories)
         step = max(1, min(256, SCORE_BLOCK_FLOATS // max(len(self.catalogue.items), 1)))
         for start in range(0, len(histories), step):
-            units = [user_units(h, self.config.scoring, self.catalogue.rows, text_rows)
-                     for h in histories[start:start + step]]
-            rows, weights = pad_units(units)  # [B, N]
-            alpha, interest, scores = self.towers.score_units(
-                table, rows, weights, self.catalogue.vectors if with_scores else None)
-            yield units, table, alpha, interest, scores
+            units = [user_units(h, self.config.scoring, self.catalogue.rows, text_rows,
+                                text_opinion) for h in histories[start:start + step]]
+            rows, weights, features = pad_units(units)  # [B, N], [B, N], [B, N, 3]
+            alpha, profile, scores = self.towers.score_units(
+                table, rows, weights, features, self.catalogue.vectors if with_scores else None)
+            yield units, table, alpha, profile, scores
 
     def score(self, histories):
         """Time-sorted behaviour lists [B] -> cosine scores over the catalogue [B, M]."""
@@ -169,25 +186,27 @@ class Recommender:
         with progress_bar(total=len(user_ids), desc="scoring users", unit="user") as bar:
             blocks = self._user_blocks([histories[u] for u in user_ids],
                                        with_scores=self.index is None)
-            for units, table, alpha, interest, scores in blocks:
+            for units, table, alpha, profile, scores in blocks:
                 batch = user_ids[len(results):len(results) + len(units)]
                 seen = [self._seen_rows(histories[u]) for u in batch]
-                tops = self._top(scores, interest, seen, k)
+                tops = self._top(scores, profile, seen, k)
                 for b, (user_id, u) in enumerate(zip(batch, units)):
-                    explained = (u.recent, table[u.rows], alpha[b, :len(u.rows)], u.owners)
-                    results.append(self._explain(user_id, tops[b], explained, interest[b],
+                    explained = (u, table[u.rows], alpha[b, :len(u.rows)])
+                    results.append(self._explain(user_id, tops[b], explained, profile[b],
                                                  explain))
                 bar.update(len(units))
         return results
 
-    def _top(self, scores, interest, seen, k):
-        """(rows, scores) of each user's k best unseen items: from the cosine scores, or from
-        the index."""
+    def _top(self, scores, profile, seen, k):
+        """(rows, scores) of each user's k best unseen items: from the scores, or from the
+        index searched with each user's query q (score = x̂ · q = |q| cos(q, x))."""
         if self.index is None:
             every = np.arange(scores.shape[1])
             return [best_k(every, row, k, skip) for row, skip in zip(scores, seen)]
-        rows, values = self.index.search(interest, k, exclude=seen)
-        return [(r[r >= 0], v[r >= 0]) for r, v in zip(rows, values)]
+        query = self.towers.query(profile)  # [B, D]
+        rows, values = self.index.search(query, k, exclude=seen)
+        norms = np.linalg.norm(query, axis=1, keepdims=True)
+        return [(r[r >= 0], (v * n)[r >= 0]) for r, v, n in zip(rows, values, norms)]
 
     def _seen_rows(self, behaviors):
         """Catalogue rows to exclude for a user (their items, unless exclude_seen is off)."""
@@ -195,15 +214,17 @@ class Recommender:
             return []
         return sorted({self.catalogue.rows[b.item_id] for b in behaviors})
 
-    def _explain(self, user_id, top, units, interest, explain):
+    def _explain(self, user_id, top, explained, profile, explain):
         """UserRecommendations for the chosen (rows, scores), each explained by its behaviours."""
-        recent, vectors, alpha, owners = units
+        units, vectors, alpha = explained
         rows, values = top
         because = [[] for _ in rows]
         if explain and len(rows):
-            shares = behavior_shares(interest, vectors, alpha, owners, len(recent),
-                                     self.catalogue.vectors[np.asarray(rows)])  # [k, n]
-            because = merge_because(recent, shares, self.encoder.pipeline.normalize, explain)
+            shares = behavior_shares(profile, vectors, alpha, units.owners, len(units.recent),
+                                     self.catalogue.vectors[np.asarray(rows)],
+                                     self.towers.dislike_weight)  # [k, n]
+            because = merge_because(units.recent, shares, self.encoder.pipeline.normalize,
+                                    explain, units.polarity)
         items = self.catalogue.items
         return UserRecommendations(user_id, [
             Recommendation(items[i].item_id, float(score), items[i].title, b)

@@ -62,15 +62,18 @@ class ServingClient:
         self.pipeline = TextPipeline(text)
         self.vocab_path = os.path.join(assets, "vocab.txt")
         self._tokenizer = None
+        self._sentiment = None  # the export's sentiment signature, loaded when first needed
         with open(os.path.join(assets, "bert_config.json"), encoding="utf-8") as f:
             self.max_position = int(json.load(f).get("max_position_embeddings", 512))
 
     def user_inputs(self, histories, items_by_id):
-        """Time-sorted behaviour lists [B] -> behavior_token_ids / _item_ids / _weights.
+        """Time-sorted behaviour lists [B] -> behavior_token_ids / _item_ids / _weights /
+        _features.
 
-        Units are exactly ``recommend.user_units``'s: each of the latest ``max_history``
+        Units are exactly ``units.user_units``'s: each of the latest ``max_history``
         behaviours gives its item (by id, with the item's text tokens for items the export's
-        index lacks) and, when its text cleans to something, the text.
+        index lacks) and, when its text cleans to something, the text; weights are signed by
+        ratings and, when the export has a sentiment head, by the texts' sentiment.
         """
         sources, item_rows = [], {}
         for behaviors in histories:
@@ -85,18 +88,38 @@ class ServingClient:
                 text_rows[raw] = len(sources)
                 sources.append(("text", cleaned))
         tokens = self._source_tokens(sources, items_by_id)
-        units = [user_units(h, self.config.scoring, item_rows, text_rows) for h in histories]
-        rows, weights = pad_units(units)  # [B, N]
+        opinion = self.text_opinions(text_rows, sources)
+        units = [user_units(h, self.config.scoring, item_rows, text_rows, opinion)
+                 for h in histories]
+        rows, weights, features = pad_units(units)  # [B, N], [B, N], [B, N, 3]
         length = max((len(tokens[r]) for r in rows.ravel()), default=2)
         token_ids = np.zeros(rows.shape + (length,), np.int32)  # [B, N, L]
         item_ids = np.full(rows.shape, "", dtype=object)  # [B, N]
         for (b, n), row in np.ndenumerate(rows):
-            if weights[b, n] > 0:
+            if weights[b, n] != 0:
                 token_ids[b, n, :len(tokens[row])] = tokens[row]
                 kind, value = sources[row]
                 item_ids[b, n] = value if kind == "item" else ""
         return {"behavior_token_ids": token_ids, "behavior_item_ids": item_ids,
-                "behavior_weights": weights}
+                "behavior_weights": weights, "behavior_features": features}
+
+    def text_opinions(self, text_rows, sources):
+        """Raw text -> 2 P(positive) - 1 from the export's ``sentiment`` signature, run
+        locally (None when the export has no sentiment head or no texts)."""
+        meta_path = os.path.join(self.path, "assets", "sentiment.json")
+        if not text_rows or not os.path.isfile(meta_path):
+            return None
+        import tensorflow as tf  # noqa: PLC0415  (only exports with a sentiment head)
+        if self._sentiment is None:
+            self._sentiment = tf.saved_model.load(self.path).signatures["sentiment"]
+        with open(meta_path, encoding="utf-8") as f:
+            max_len = min(int(json.load(f)["max_len"]), self.max_position)
+        rows = sorted(set(text_rows.values()))
+        token_ids, _ = _pad([sources[r][1] for r in rows], self.encode, max_len)
+        positive = self._sentiment(token_ids=tf.constant(token_ids),
+                                   segment_ids=tf.zeros_like(token_ids))["positive"].numpy()
+        by_row = dict(zip(rows, 2 * positive - 1))
+        return {raw: float(by_row[row]) for raw, row in text_rows.items()}
 
     def encode(self, texts, max_len):
         """Cleaned texts -> token-id lists with the export's vocabulary (loads the tokenizer)."""
@@ -153,6 +176,16 @@ def predict_request(inputs, model_name, signature="serving_default"):
             value = value.astype(bytes) if value.size else np.zeros(value.shape, dtype=bytes)
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     return request
+
+
+def _pad(texts, encode, max_len):
+    """Cleaned texts -> (token ids [N, L] int32, lengths [N]), zero-padded."""
+    sequences = encode(texts, max_len)
+    lengths = np.array([len(seq) for seq in sequences])
+    token_ids = np.zeros((len(texts), max(lengths.max(), 1)), np.int32)
+    for i, seq in enumerate(sequences):
+        token_ids[i, :len(seq)] = seq
+    return token_ids, lengths
 
 
 def _existing(path):

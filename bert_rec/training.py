@@ -30,10 +30,10 @@ import numpy as np
 from .backend import keras, tf
 from .config import TrainConfig
 from .evaluation import evaluate_scores, leave_last_out
-from .models import attention_layer, build_towers, whitened_tower
+from .models import build_towers, train_top_layers, user_tower, whitened_tower
 from .recommend import Recommender
 from .tokenization import encode_texts
-from .units import pad_units, text_unit_rows, user_units
+from .units import NEGATIVE, pad_units, polarities, text_unit_rows, user_units
 from .utils.atomic import save_figure, write_json
 from .utils.progress import progress_bar
 
@@ -76,11 +76,13 @@ class TrainingData:
     (which hold every training history). ``tokens`` [M + T, L] (0-padded, ``lengths`` [M + T]),
     ``id_rows`` [M + T] (id-embedding row; ``num_ids`` for texts), per example its ``units``,
     ``history_rows`` and ``targets`` [E], and ``log_q`` [M] of the log-q correction.
+    ``text_opinion``: raw text -> 2 P(positive) - 1 from the sentiment head (None without).
     """
     item_rows: dict
     item_texts: list
     distinct_texts: list
     text_rows: dict
+    text_opinion: dict | None
     tokens: np.ndarray
     lengths: np.ndarray
     id_rows: np.ndarray
@@ -90,12 +92,18 @@ class TrainingData:
     log_q: np.ndarray
 
 
-def prepare_data(encoder, model_config, items, examples, val_cases, id_vocab, config):
+def prepare_data(encoder, model_config, items, examples, val_cases, id_vocab, config,
+                 sentiment=None):
     """Clean and tokenise every unit-table row, and each example's units and targets."""
     pipeline, scoring = encoder.pipeline, model_config.scoring
     item_rows = {item.item_id: i for i, item in enumerate(items)}
     distinct, text_rows = text_unit_rows((b.text for c in val_cases for b in c.history),
                                          pipeline, offset=len(items))
+    text_opinion = None
+    if sentiment is not None and distinct:
+        positive = sentiment.predict(distinct, clean=False)  # [T]
+        text_opinion = {raw: float(2 * positive[row - len(items)] - 1)
+                        for raw, row in text_rows.items()}
     item_texts = pipeline.clean_many([item.full_text() for item in items])
     caps = [min(cap, encoder.max_position) for cap in (model_config.item_max_len,
                                                        model_config.text_max_len)]
@@ -114,8 +122,9 @@ def prepare_data(encoder, model_config, items, examples, val_cases, id_vocab, co
     # Expected count of each item among a batch's candidates: in-batch + uniform negatives.
     expected = batch * counts / counts.sum() + config.extra_negatives / len(items)
     return TrainingData(
-        item_rows, item_texts, distinct, text_rows, tokens, lengths, id_rows,
-        units=[user_units(ex.history, scoring, item_rows, text_rows) for ex in examples],
+        item_rows, item_texts, distinct, text_rows, text_opinion, tokens, lengths, id_rows,
+        units=[user_units(ex.history, scoring, item_rows, text_rows, text_opinion)
+               for ex in examples],
         history_rows=[np.array(sorted({item_rows[b.item_id] for b in ex.history}))
                       for ex in examples],
         targets=targets, log_q=np.log(np.maximum(expected, 1e-6)).astype(np.float32))
@@ -125,7 +134,7 @@ def training_batch(data, indices, rng, num_items, extra_negatives):
     """Step inputs for the examples at ``indices``: unit rows and weights [B, N], candidate
     item rows [C] (the targets + random negatives), target positions [B], the [B, C] mask of
     each user's own history, and a random non-target candidate per example [B]."""
-    rows, weights = pad_units([data.units[i] for i in indices])
+    rows, weights, features = pad_units([data.units[i] for i in indices])
     targets = data.targets[indices]
     negatives = rng.integers(0, num_items, extra_negatives)
     cand = np.unique(np.concatenate([targets, negatives])).astype(np.int32)  # [C]
@@ -135,7 +144,26 @@ def training_batch(data, indices, rng, num_items, extra_negatives):
         mask[b] = np.isin(cand, data.history_rows[i])
     click_neg = rng.integers(0, len(cand), len(indices)).astype(np.int32)
     click_neg = np.where(click_neg == pos, (click_neg + 1) % len(cand), click_neg)
-    return rows, weights, cand, pos, mask, click_neg
+    return rows, weights, features, cand, pos, mask, click_neg
+
+
+def liked_examples(examples, val_cases, scoring, sentiment, pipeline):
+    """The examples whose target the user did not dislike: a target the user rated low or
+    complained about later is negative feedback, not interest to learn (the user's whole
+    validation history states their opinions)."""
+    if scoring.polarity != "signed":
+        return examples
+    text_opinion = None
+    if sentiment is not None:
+        texts = sorted({b.text for c in val_cases for b in c.history if b.text})
+        if texts:
+            text_opinion = dict(zip(texts, 2 * sentiment.predict(texts) - 1))
+    disliked = set()
+    for case in val_cases:
+        labels, _ = polarities(case.history, scoring, text_opinion)
+        disliked.update((case.user_id, b.item_id) for b, label in zip(case.history, labels)
+                        if label == NEGATIVE)
+    return [ex for ex in examples if (ex.user_id, ex.target) not in disliked]
 
 
 class Trainer:
@@ -153,8 +181,11 @@ class Trainer:
                              "distinct items (one for training, validation and test each)")
         self.id_vocab = ({item.item_id: i for i, item in enumerate(self.items)}
                          if self.config.id_embeddings else {})
+        self.examples = liked_examples(self.examples, self.val_cases, recommender.config.scoring,
+                                       recommender.sentiment, recommender.encoder.pipeline)
         self.data = prepare_data(recommender.encoder, recommender.config, self.items,
-                                 self.examples, self.val_cases, self.id_vocab, self.config)
+                                 self.examples, self.val_cases, self.id_vocab, self.config,
+                                 recommender.sentiment)
         self._build()
 
     def encode_rows(self, items_only=False):
@@ -178,11 +209,14 @@ class Trainer:
         self.raw_table = None
         raw = self.encode_rows()
         tower = whitened_tower(raw[:len(self.items)], self.rec.config, num_ids=len(self.id_vocab))
-        attention = attention_layer(cfg.attention_units, tower.output_dim)
-        self.towers = build_towers(tower, attention, enc.model)
+        attention = user_tower(cfg.user_tower, tower.output_dim, cfg.attention_units,
+                               cfg.sequence_heads)
+        self.towers = build_towers(tower, attention, enc.model,
+                                   self.rec.config.scoring.dislike_weight)
         self.click_head = keras.layers.Dense(2, name="click_head")
         self.click_head.build((None, 3 * tower.output_dim))
-        self.head_variables = tower.trainable_variables + attention.trainable_variables
+        self.head_variables = (tower.trainable_variables + attention.trainable_variables
+                               + self.towers.scorer.trainable_variables)
         if cfg.objective != "softmax":
             self.head_variables += self.click_head.trainable_variables
         self.encoder_variables = self._unfreeze_top_layers(cfg.train_layers)
@@ -195,7 +229,8 @@ class Trainer:
             self.encoder_optimizer.build(self.encoder_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         # The encoder goes into the training state only when some of it is trained.
-        self.trained_parts = {"tower": tower, "attention": attention}
+        self.trained_parts = {"tower": tower, "attention": attention,
+                              "scorer": self.towers.scorer}
         if self.encoder_variables:
             self.trained_parts["encoder"] = enc.model
         self.state = tf.train.Checkpoint(
@@ -208,8 +243,9 @@ class Trainer:
                                   np.zeros_like(data.log_q))
         spec = tf.TensorSpec
         self._train_step = tf.function(self._step, input_signature=[
-            spec([None, None], tf.int32), spec([None, None], tf.float32), spec([None], tf.int32),
-            spec([None], tf.int32), spec([None, None], tf.bool), spec([None], tf.int32)])
+            spec([None, None], tf.int32), spec([None, None], tf.float32),
+            spec([None, None, None], tf.int32), spec([None], tf.int32), spec([None], tf.int32),
+            spec([None, None], tf.bool), spec([None], tf.int32)])
 
     def _unfreeze_top_layers(self, n):
         """Mark only the top ``n`` transformer layers of the encoder trainable; their variables."""
@@ -219,14 +255,8 @@ class Trainer:
             # files' fingerprint: it would serve the pretrained vectors for the trained encoder.
             # (Vectors encoded before this point, with the files' weights, were fine to cache.)
             self.rec.encoder.cache = None
-        total = bert.num_hidden_layers
-        for layer in bert.model.layers:
-            layer.trainable = False
-            name = layer.name
-            if n and name.startswith("Transformer-"):
-                index = int(name.split("-")[1])
-                layer.trainable = index >= total - n
-        return [v for v in bert.model.trainable_variables] if n else []
+        train_top_layers(bert, n)
+        return list(bert.model.trainable_variables) if n else []
 
     def _raw(self, rows, training):
         """Encoder vectors of unit-table rows [R] -> [R, H] (each distinct row encoded once)."""
@@ -246,15 +276,18 @@ class Trainer:
                                           tf.gather(self._id_rows, flat)], training=training)
         return tf.reshape(out, tf.concat([tf.shape(rows), [-1]], axis=0))
 
-    def _step(self, unit_rows, unit_weights, cand_rows, target_pos, cand_mask, click_neg):
+    def _step(self, unit_rows, unit_weights, unit_features, cand_rows, target_pos, cand_mask,
+              click_neg):
         """One optimisation step; returns (loss, in-batch top-1 accuracy)."""
         cfg = self.config
         variables = self.head_variables + self.encoder_variables
         with tf.GradientTape() as tape:
             units = self._vectors(unit_rows, True)  # [B, N, D]
-            interest, _ = self.towers.user_encoder([units, unit_weights], training=True)  # [B, D]
+            profile, _ = self.towers.user_encoder([units, unit_weights, unit_features],
+                                                  training=True)  # [B, 2, D]
             candidates = self._vectors(cand_rows, True)  # [C, D]
-            logits = self.towers.cosine([interest, candidates]) / cfg.temperature  # [B, C]
+            logits = self.towers.scorer([profile, candidates]) / cfg.temperature  # [B, C]
+            interest = profile[:, 0]  # [B, D]
             logits -= tf.gather(self._log_q, cand_rows)[None, :]
             logits = tf.where(cand_mask, -1e9, logits)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -289,7 +322,8 @@ class Trainer:
     # -- loop ---------------------------------------------------------------------------------
     def recommender(self):
         """A Recommender sharing the trained towers (index it before use)."""
-        return Recommender(self.rec.encoder, self.rec.config, self.towers, self.id_vocab)
+        return Recommender(self.rec.encoder, self.rec.config, self.towers, self.id_vocab,
+                           sentiment=self.rec.sentiment)
 
     def validate(self, cases):
         """Metrics of the current model on ``cases`` (full ranking, as in evaluation); the
@@ -299,10 +333,10 @@ class Trainer:
         scoring, data = self.rec.config.scoring, self.data
 
         def score(batch):
-            units = [user_units(c.history, scoring, data.item_rows, data.text_rows)
-                     for c in batch]
-            rows, weights = pad_units(units)
-            return self.towers.score_units(table, rows, weights, items)[2]
+            units = [user_units(c.history, scoring, data.item_rows, data.text_rows,
+                                data.text_opinion) for c in batch]
+            rows, weights, features = pad_units(units)
+            return self.towers.score_units(table, rows, weights, features, items)[2]
         return evaluate_scores(score, cases, self.items, k=self.config.k)
 
     def fit(self, out_dir, resume=False):

@@ -3,69 +3,140 @@
 Each of a user's latest ``max_history`` behaviours contributes one unit for its item and, when
 it carries text that cleans to something (a comment, review, query), one unit for the text.
 A unit is a row of a *unit table*: the catalogue's items first (rows ``0..M-1``), then the
-distinct cleaned behaviour texts (rows ``M..``). Its weight is behaviour type x rating x
-recency (:func:`behavior_weights`). Recommending, training, evaluation and the serving client
-all build their units here, so they pool exactly the same things.
+distinct cleaned behaviour texts (rows ``M..``). Its weight is signed: behaviour type x rating
+x recency for what the user liked or just used, and ``-(type x recency x |opinion|)`` for the
+behaviours on an item the user disliked (see ``ScoringConfig`` and :func:`polarities`).
+Recommending, training, evaluation and the serving client all build their units here, so
+they pool exactly the same things.
+
+Each unit also carries sequence features for the sequence tower: its kind (the behaviour type,
+or a text), its age bucket (days before the user's latest behaviour) and the gap bucket (days
+since the previous behaviour), in log2 buckets; 0 is padding.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
 SECONDS_PER_DAY = 86400.0
+KINDS = {"view": 1, "click": 2, "rate": 3, "comment": 4}  # other behaviour names: OTHER_KIND
+OTHER_KIND, TEXT_KIND = 5, 6
+BUCKETS = 16  # age and gap buckets 1..15 (log2 of days), 0 = padding
+FEATURES = 3  # kind, age bucket, gap bucket
+POSITIVE, NEGATIVE, NEUTRAL = "positive", "negative", "neutral"
 
 
 @dataclasses.dataclass
 class Units:
-    """One user's units: ``rows`` [n] of the unit table, ``weights`` [n], and ``owners`` [n]
-    (the index in ``recent`` of the behaviour each unit comes from)."""
+    """One user's units: ``rows`` [n] of the unit table, signed ``weights`` [n], ``owners`` [n]
+    (the index in ``recent`` of the behaviour each unit comes from), ``features`` [n, 3] and
+    ``polarity`` [len(recent)] (POSITIVE / NEGATIVE / NEUTRAL per behaviour)."""
     recent: list
     rows: np.ndarray
     weights: np.ndarray
     owners: np.ndarray
+    features: np.ndarray
+    polarity: list
 
 
-def behavior_weights(behaviors, scoring):
-    """Per-behaviour weights (type x rating x recency) for one user's time-sorted behaviours."""
+def opinions(behaviors, scoring, text_opinion=None):
+    """Each behaviour's stated opinion in [-1, 1]: from its rating, else from its text's
+    sentiment (``text_opinion``: raw text -> 2 P(positive) - 1); NaN when it states none."""
+    mid = scoring.midpoint
+    out = np.full(len(behaviors), np.nan)
+    for i, b in enumerate(behaviors):
+        if b.rating is not None:
+            out[i] = min(max((b.rating - mid) / (scoring.rating_max - mid), -1.0), 1.0)
+        elif b.text and text_opinion:
+            out[i] = text_opinion.get(b.text, np.nan)
+    return out
+
+
+def polarities(behaviors, scoring, text_opinion=None):
+    """(polarity per behaviour, item opinion per behaviour [n]): a behaviour takes its item's
+    polarity, from the mean opinion the user stated about the item (a low rating or a
+    complaint turns the view and click of that item into dislikes too)."""
+    said = opinions(behaviors, scoring, text_opinion)
+    by_item = {}
+    for b, opinion in zip(behaviors, said):
+        if not math.isnan(opinion):
+            by_item.setdefault(b.item_id, []).append(opinion)
+    item_opinion = {item: float(np.mean(values)) for item, values in by_item.items()}
+    strength = np.array([item_opinion.get(b.item_id, 0.0) for b in behaviors])
+    margin = scoring.neutral_margin
+    labels = [NEGATIVE if s < -margin else POSITIVE if s > margin else NEUTRAL
+              for s in strength]
+    return labels, strength
+
+
+def behavior_weights(behaviors, scoring, text_opinion=None):
+    """Signed weights [n] of one user's time-sorted behaviours (see the module docstring) and
+    their polarity labels. With ``scoring.polarity == "off"`` every weight is positive."""
     if not behaviors:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros(0, dtype=np.float64), []
     latest = max(b.timestamp for b in behaviors)
+    signed = scoring.polarity == "signed"
+    labels, strength = (polarities(behaviors, scoring, text_opinion) if signed
+                        else ([NEUTRAL] * len(behaviors), np.zeros(len(behaviors))))
     weights = np.empty(len(behaviors), dtype=np.float64)
     for i, b in enumerate(behaviors):
         w = scoring.behavior_weight(b.behavior)
-        if b.rating is not None:
-            w *= max(b.rating, 0.0) / scoring.rating_max
         if scoring.half_life_days > 0:
             age_days = (latest - b.timestamp) / SECONDS_PER_DAY
             w *= 0.5 ** (age_days / scoring.half_life_days)
+        if labels[i] == NEGATIVE:
+            w *= -abs(strength[i])
+        elif b.rating is not None:
+            w *= max(b.rating, 0.0) / scoring.rating_max
         weights[i] = w
-    return weights
+    return weights, labels
 
 
-def user_units(behaviors, scoring, item_rows, text_rows):
-    """One user's :class:`Units` (items first, then behaviour texts, in behaviour order).
+def _bucket(days):
+    return 1 + min(BUCKETS - 2, int(math.log2(1.0 + max(days, 0.0))))
+
+
+def unit_features(behavior, previous, latest, text):
+    """[kind, age bucket, gap bucket] of a behaviour's item unit (``text``: its text unit)."""
+    kind = TEXT_KIND if text else KINDS.get(behavior.behavior.casefold(), OTHER_KIND)
+    gap = 0.0 if previous is None else behavior.timestamp - previous.timestamp
+    return [kind, _bucket((latest - behavior.timestamp) / SECONDS_PER_DAY),
+            _bucket(gap / SECONDS_PER_DAY)]
+
+
+def user_units(behaviors, scoring, item_rows, text_rows, text_opinion=None):
+    """One user's :class:`Units` (each behaviour's item unit, then its text unit).
 
     ``item_rows``: item id -> unit-table row; ``text_rows``: raw behaviour text -> row (texts
-    that clean to nothing have none and give no unit). The text unit weighs ``text_weight``
-    times its behaviour's weight.
+    that clean to nothing have none and give no unit). Opinions are read from the whole
+    history, units from its latest ``max_history`` behaviours; a text unit weighs
+    ``text_weight`` times its behaviour's weight. ``text_opinion``: raw text -> sentiment.
     """
-    recent = behaviors[-scoring.max_history:]
-    weights = behavior_weights(recent, scoring)
-    rows, unit_weights, owners = [], [], []
-    for j, (b, w) in enumerate(zip(recent, weights)):
+    weights, labels = behavior_weights(behaviors, scoring, text_opinion)
+    start = max(0, len(behaviors) - scoring.max_history)
+    recent = behaviors[start:]
+    latest = max((b.timestamp for b in recent), default=0.0)
+    rows, unit_weights, owners, features = [], [], [], []
+    for j, b in enumerate(recent):
         row = item_rows.get(b.item_id)
         if row is None:
             raise ValueError(_unknown_item_message(b))
+        w = weights[start + j]
+        previous = recent[j - 1] if j else None
         rows.append(row)
         unit_weights.append(w)
         owners.append(j)
+        features.append(unit_features(b, previous, latest, False))
         text_row = text_rows.get(b.text) if b.text else None
         if text_row is not None:
             rows.append(text_row)
             unit_weights.append(w * scoring.text_weight)
             owners.append(j)
+            features.append(unit_features(b, previous, latest, True))
     return Units(recent, np.array(rows, np.int32), np.array(unit_weights, np.float32),
-                 np.array(owners, np.int32))
+                 np.array(owners, np.int32), np.array(features, np.int32).reshape(-1, FEATURES),
+                 labels[start:])
 
 
 def _unknown_item_message(behavior):
@@ -87,12 +158,14 @@ def text_unit_rows(texts, pipeline, offset):
 
 
 def pad_units(units):
-    """Users' :class:`Units` -> rows [B, N] int32 and weights [B, N] float32 (padding: row 0,
-    weight 0)."""
+    """Users' :class:`Units` -> rows [B, N] int32, signed weights [B, N] float32 and features
+    [B, N, 3] int32 (padding: row 0, weight 0, features 0)."""
     n = max((len(u.rows) for u in units), default=1) or 1
     rows = np.zeros((len(units), n), dtype=np.int32)  # [B, N]
     weights = np.zeros((len(units), n), dtype=np.float32)  # [B, N]
+    features = np.zeros((len(units), n, FEATURES), dtype=np.int32)  # [B, N, 3]
     for b, u in enumerate(units):
         rows[b, :len(u.rows)] = u.rows
         weights[b, :len(u.weights)] = u.weights
-    return rows, weights
+        features[b, :len(u.rows)] = u.features
+    return rows, weights, features

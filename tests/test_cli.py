@@ -39,8 +39,11 @@ def test_recommend_json_on_sample_data(tmp_path, capsys):
             assert set(item) == {"item_id", "score", "title", "because"}
             assert item["item_id"] not in seen
             assert item["because"] and all(b["item_id"] in seen for b in item["because"])
-            assert set(item["because"][0]) == {"item_id", "behavior", "text", "share"}
-            assert 0 < sum(b["share"] for b in item["because"]) <= 1 + 1e-6
+            assert set(item["because"][0]) == {"item_id", "behavior", "text", "share",
+                                               "polarity"}
+            assert all(b["polarity"] in ("positive", "negative", "neutral")
+                       for b in item["because"])
+            assert sum(b["share"] for b in item["because"] if b["share"] > 0) > 0
     assert "recommended for 2 user(s)" in capsys.readouterr().err
 
 

@@ -72,13 +72,13 @@ def test_keras_files_load_with_plain_tf_keras(trained):
     got = item_encoder.predict([token_ids, np.zeros_like(token_ids), id_rows], verbose=0)
     np.testing.assert_allclose(got, rec.catalogue.vectors[:5], atol=1e-5)
     users = ["u0", "u1", "edge"]
-    table, text_rows = rec._unit_table([histories[u] for u in users])
-    units = [user_units(histories[u], rec.config.scoring, rec.catalogue.rows, text_rows)
+    table, text_rows, opinion = rec._unit_table([histories[u] for u in users])
+    units = [user_units(histories[u], rec.config.scoring, rec.catalogue.rows, text_rows, opinion)
              for u in users]
-    rows, weights = pad_units(units)
+    rows, weights, features = pad_units(units)
     vectors = rec.catalogue.vectors
     candidates = np.broadcast_to(vectors, (3,) + vectors.shape)
-    got = user_scorer.predict([table[rows], weights, candidates], verbose=0)
+    got = user_scorer.predict([table[rows], weights, features, candidates], verbose=0)
     np.testing.assert_allclose(got, rec.score([histories[u] for u in users]), atol=1e-5)
 
 
@@ -159,7 +159,8 @@ def test_fresh_process_serves_what_recommend_gives(trained, tmp_path):
     edge = served["recommend"]["scores"][users.index("edge")]
     assert np.isfinite(edge[:4]).all() and edge[4] == -np.inf  # only 4 unseen items left
     [(_, _, _, interest, scores)] = list(rec._user_blocks(hist))
-    np.testing.assert_allclose(served["user_vector"]["interest"], interest, atol=1e-5)
+    np.testing.assert_allclose(served["user_vector"]["interest"], interest[:, 0], atol=1e-5)
+    np.testing.assert_allclose(served["user_vector"]["dislike"], interest[:, 1], atol=1e-5)
     np.testing.assert_allclose(np.array(served["score"]["scores"])[:, :4], scores[:, :4],
                                atol=1e-5)
     assert all(s[4] == -np.inf for s in served["score"]["scores"])
@@ -182,6 +183,7 @@ def test_request_command_and_grpc_request(trained, tmp_path, capsys):
     body = json.loads(capsys.readouterr().out)
     assert body["signature_name"] == "serving_default"
     assert set(body["inputs"]) == {"behavior_token_ids", "behavior_item_ids", "behavior_weights",
+                                   "behavior_features",
                                    "exclude_item_ids", "k"}
     assert body["inputs"]["k"] == 3
     weights = np.array(body["inputs"]["behavior_weights"])

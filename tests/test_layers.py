@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from bert_rec.backend import keras
-from bert_rec.layers import (AttentionPooling, CosineSimilarity, ItemTower, TokenPooling,
-                             WeightedPooling, custom_objects)
+from bert_rec.layers import (AttentionPooling, CosineSimilarity, InterestScore, ItemTower,
+                             SequenceAttentionPooling, TokenPooling, WeightedPooling,
+                             custom_objects)
 
 RNG = np.random.default_rng(0)
 
@@ -35,13 +36,32 @@ def test_cls_pooling_takes_first_token():
 def test_weighted_pooling_matches_numpy_and_masks_zero_weights():
     vectors = RNG.normal(size=(2, 3, 4)).astype(np.float32)  # [B, N, H]
     weights = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
-    got = WeightedPooling()([vectors, weights]).numpy()
+    got = WeightedPooling()([vectors, weights]).numpy()  # [B, 2, H]
     expected = (_unit(vectors[0, :2]) * weights[0, :2, None]).sum(0) / 3.0
-    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
-    np.testing.assert_array_equal(got[1], np.zeros(4))  # all padding -> zero vector, no NaN
+    np.testing.assert_allclose(got[0, 0], expected, rtol=1e-5)
+    np.testing.assert_array_equal(got[0, 1], np.zeros(4))  # no dislikes
+    np.testing.assert_array_equal(got[1], np.zeros((2, 4)))  # all padding -> zeros, no NaN
     raw = WeightedPooling(normalize_inputs=False)([vectors, weights]).numpy()
-    np.testing.assert_allclose(raw[0], (vectors[0, :2] * weights[0, :2, None]).sum(0) / 3.0,
+    np.testing.assert_allclose(raw[0, 0], (vectors[0, :2] * weights[0, :2, None]).sum(0) / 3.0,
                                rtol=1e-5)
+
+
+def test_negative_weights_pool_into_the_dislike_row():
+    vectors = RNG.normal(size=(1, 4, 4)).astype(np.float32)
+    weights = np.array([[1.0, -2.0, 3.0, -1.0]], np.float32)
+    profile, alpha = WeightedPooling()([vectors, weights], return_attention=True)
+    np.testing.assert_allclose(alpha.numpy(), [[0.25, -2 / 3, 0.75, -1 / 3]], atol=1e-6)
+    v = _unit(vectors[0])
+    np.testing.assert_allclose(profile.numpy()[0, 0], 0.25 * v[0] + 0.75 * v[2], atol=1e-6)
+    np.testing.assert_allclose(profile.numpy()[0, 1], 2 / 3 * v[1] + 1 / 3 * v[3], atol=1e-6)
+    items = RNG.normal(size=(5, 4)).astype(np.float32)
+    scorer = InterestScore(dislike_weight=0.7)
+    got = scorer([profile, items]).numpy()
+    cos = lambda a, b: _unit(a) @ _unit(b).T  # noqa: E731
+    want = cos(profile.numpy()[0, :1], items) - 0.7 * cos(profile.numpy()[0, 1:], items)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # the query vector gives the same scores by inner product with unit items
+    np.testing.assert_allclose(scorer.query(profile).numpy() @ _unit(items).T, got, atol=1e-5)
 
 
 def test_cosine_similarity_matches_numpy_both_shapes():
@@ -61,19 +81,23 @@ def test_layers_round_trip_through_saved_models(tmp_path, fmt):
     states = keras.layers.Embedding(20, 4, name="emb")(token_ids)  # [B, L, H]
     vector = TokenPooling("mean", name="pool")([states, token_ids])  # [B, H]
     weights = keras.Input((3,), name="weights")
+    features = keras.Input((3, 3), dtype="int32", name="features")
     behaviors = keras.Input((3, 4), name="behaviors")
     interest = WeightedPooling(name="interest")([behaviors, weights])
-    score = CosineSimilarity(temperature=0.5, name="cos")(
-        [interest, keras.layers.Reshape((1, 4))(vector)])
-    model = keras.Model([token_ids, behaviors, weights], score)
+    sequence = SequenceAttentionPooling(8, 2, name="sequence")([behaviors, weights, features])
+    candidates = keras.layers.Reshape((1, 4))(vector)
+    score = CosineSimilarity(temperature=0.5, name="cos")([interest[:, 0], candidates])
+    signed = InterestScore(0.3, name="signed")([sequence, candidates])
+    model = keras.Model([token_ids, behaviors, weights, features], [score, signed])
+    model.get_layer("sequence").query.assign(RNG.normal(size=8).astype(np.float32))
     x = [np.array([[2, 5, 3, 0]], np.int32), RNG.normal(size=(1, 3, 4)).astype(np.float32),
-         np.array([[1.0, 0.5, 0.0]], np.float32)]
+         np.array([[1.0, -0.5, 2.0]], np.float32), np.array([[[1, 2, 3], [2, 1, 1], [4, 1, 1]]])]
     path = str(tmp_path / ("m.h5" if fmt == "h5" else "m"))
     model.save(path, save_format=fmt)
     loaded = keras.models.load_model(path, custom_objects=custom_objects)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-6)
-    for layer in ("pool", "interest", "cos"):
+    for got, want in zip(loaded.predict(x, verbose=0), model.predict(x, verbose=0)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for layer in ("pool", "interest", "cos", "sequence", "signed"):
         assert loaded.get_layer(layer).get_config() == model.get_layer(layer).get_config()
 
 
@@ -83,6 +107,10 @@ def test_attention_pooling_starts_as_weighted_pooling_and_matches_numpy():
     layer = AttentionPooling(units=5)
     np.testing.assert_allclose(layer([vectors, weights]).numpy(),
                                WeightedPooling()([vectors, weights]).numpy(), atol=1e-6)
+    sequence = SequenceAttentionPooling(units=8)
+    features = np.ones((2, 4, 3), np.int32)
+    np.testing.assert_allclose(sequence([vectors, weights, features]).numpy(),
+                               WeightedPooling()([vectors, weights]).numpy(), atol=1e-6)
     layer.query.assign(RNG.normal(size=5).astype(np.float32))
     v = _unit(vectors)
     logits = np.tanh(v @ layer.kernel.numpy() + layer.bias.numpy()) @ layer.query.numpy()
@@ -90,8 +118,25 @@ def test_attention_pooling_starts_as_weighted_pooling_and_matches_numpy():
     alpha = np.exp(logits - logits.max(1, keepdims=True))
     alpha /= alpha.sum(1, keepdims=True)
     np.testing.assert_allclose(layer.attention(vectors, weights).numpy(), alpha, atol=1e-6)
-    np.testing.assert_allclose(layer([vectors, weights]).numpy(),
+    np.testing.assert_allclose(layer([vectors, weights]).numpy()[:, 0],
                                np.einsum("bn,bnd->bd", alpha, v), atol=1e-6)
+
+
+def test_sequence_tower_sees_the_order():
+    """The same units in another order (or at other ages) get other attention weights."""
+    layer = SequenceAttentionPooling(units=8, heads=2)
+    vectors = RNG.normal(size=(1, 4, 6)).astype(np.float32)
+    weights = np.ones((1, 4), np.float32)
+    features = np.array([[[1, 5, 1], [2, 4, 3], [4, 2, 2], [1, 1, 1]]], np.int32)
+    layer([vectors, weights, features])
+    layer.query.assign(RNG.normal(size=8).astype(np.float32))
+    alpha = layer.attention(vectors, weights, features).numpy()
+    reversed_order = layer.attention(vectors[:, ::-1], weights, features[:, ::-1]).numpy()
+    assert not np.allclose(alpha[0], reversed_order[0, ::-1], atol=1e-4)
+    older = features.copy()
+    older[..., 1] += 3
+    assert not np.allclose(alpha, layer.attention(vectors, weights, older).numpy(), atol=1e-4)
+    np.testing.assert_allclose(alpha.sum(), 1.0, atol=1e-6)
 
 
 def test_item_tower_adds_id_embeddings_only_for_known_ids():

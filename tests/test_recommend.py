@@ -50,7 +50,9 @@ def _vector(rec, item_id):
 def test_weights_follow_config():
     scoring = ScoringConfig(behavior_weights={"view": 1.0, "click": 4.0}, half_life_days=1.0)
     history = [_b("a1", "view", 0), _b("b1", "click", 1), _b("c1", "rate", 1, rating=2.5)]
-    np.testing.assert_allclose(behavior_weights(history, scoring), [0.5, 4.0, 1.0 * 0.5])
+    weights, polarity = behavior_weights(history, scoring)
+    np.testing.assert_allclose(weights, [0.5, 4.0, 1.0 * 0.5])
+    assert polarity == ["neutral", "neutral", "neutral"]  # a 2.5 of 5 says nothing
 
 
 def test_behavior_weights_change_the_ranking(recommender):
@@ -84,8 +86,8 @@ def test_explanations_sum_to_one_and_match_numpy(recommender):
     _, result = _top(recommender, history)
     seen = {(b.item_id, b.behavior) for b in history}
     rec = recommender
-    weights = behavior_weights(history, rec.config.scoring)
-    table, text_rows = rec._unit_table([history])
+    weights, _ = behavior_weights(history, rec.config.scoring)
+    table, text_rows, _ = rec._unit_table([history])
     text_vec = table[text_rows["篮球 太 精彩 了"]]
     rows = [_vector(rec, b.item_id) for b in history] + [text_vec]
     unit_w = np.append(weights, weights[1] * rec.config.scoring.text_weight)
@@ -103,6 +105,34 @@ def test_explanations_sum_to_one_and_match_numpy(recommender):
         comment = [w for w in r.because if w.behavior == "comment"][0]
         assert comment.share == pytest.approx((contrib[1] + contrib[3]) / cos, abs=1e-4)
         assert comment.text == "篮球 太 精彩 了"
+
+
+def test_disliked_behaviours_get_negative_shares_that_match_numpy(recommender):
+    """A 1-star rating makes its item a dislike: score = cos(u, x) - lambda cos(d, x), and the
+    shares (negative for the disliked behaviours where x resembles them) still sum to 1."""
+    history = [_b("a1", "view", 0), _b("a1", "rate", 0, rating=1), _b("b1", "click", 1),
+               _b("c1", "view", 2)]
+    rec = _with_scoring(recommender, half_life_days=0.0, dislike_weight=0.8)
+    result = rec.recommend({"u1": history}, k=len(ITEMS), explain=10)[0]
+    weights, polarity = behavior_weights(history, rec.config.scoring)
+    assert polarity == ["negative", "negative", "neutral", "neutral"] and (weights[:2] < 0).all()
+    v = np.array([_vector(rec, b.item_id) for b in history])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    liked, disliked = weights > 0, weights < 0
+    u = (v[liked] * weights[liked, None]).sum(0) / weights[liked].sum()
+    d = (v[disliked] * -weights[disliked, None]).sum(0) / -weights[disliked].sum()
+    for r in result.items:
+        x = _vector(rec, r.item_id)
+        x = x / np.linalg.norm(x)
+        cos_u, cos_d = u @ x / np.linalg.norm(u), d @ x / np.linalg.norm(d)
+        assert r.score == pytest.approx(cos_u - 0.8 * cos_d, abs=1e-5)
+        shares = {b.behavior: b for b in r.because}
+        contrib_rate = -0.8 * (-weights[1] / -weights[disliked].sum()) * (v[1] @ x) / \
+            np.linalg.norm(d)
+        assert shares["rate"].share == pytest.approx(contrib_rate / r.score, abs=1e-4)
+        assert shares["rate"].polarity == "negative"
+        assert np.sign(shares["rate"].share) == -np.sign(v[1] @ x * r.score)
+        assert sum(b.share for b in r.because) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_fixtures_are_not_changed_by_scoring_variants(recommender):

@@ -129,7 +129,7 @@ def _exchange(src, dst):
     return False  # e.g. EINVAL/ENOSYS: a file system or kernel without the flag
 
 
-def _link_tree(src, dst):
+def link_tree(src, dst):
     """Copy directory ``src`` to ``dst`` with hard links (a plain copy across file systems)."""
     def link(a, b):
         try:
@@ -156,7 +156,7 @@ def replace_dir(src, dst, keep=()):
         old_entry, new_entry = os.path.join(dst, name), os.path.join(src, name)
         if os.path.exists(old_entry) and not os.path.exists(new_entry):
             if os.path.isdir(old_entry):
-                _link_tree(old_entry, new_entry)
+                link_tree(old_entry, new_entry)
             else:
                 shutil.copy2(old_entry, new_entry)
     if _exchange(src, dst):

@@ -1,0 +1,157 @@
+"""The sentiment head (num_classes=2): AUC, labels, training, files, commands, and the polarity
+it gives behaviour texts when recommending."""
+
+import gzip
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bert_rec.cli import main
+from bert_rec.config import SentimentConfig
+from bert_rec.data import Behavior, InputError, Item
+from bert_rec.recommend import Recommender
+from bert_rec.sentiment import (SentimentClassifier, log_labels, read_labelled, roc_auc,
+                                train_sentiment)
+
+PRAISE = ["好看", "喜欢", "推荐", "精彩", "可爱", "好吃"]
+# Negated praise: the words of the positive texts, with a negation: only word order and the
+# negation tell the classes apart (a stopword list with 不/没 in it would erase the difference).
+COMPLAINTS = [f"不{word}" for word in PRAISE] + [f"没有{word}" for word in PRAISE]
+
+
+def _toy(n, seed):
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        label = int(rng.random() < 0.5)
+        words = rng.choice(PRAISE if label else COMPLAINTS, 2)
+        texts.append("这个视频 " + " ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def test_roc_auc_is_the_pairwise_ranking_probability():
+    rng = np.random.default_rng(0)
+    labels = rng.random(40) < 0.4
+    scores = np.round(rng.random(40), 1)  # with ties
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0)
+             for p, n in itertools.product(scores[labels], scores[~labels])]
+    assert roc_auc(labels, scores) == pytest.approx(np.mean(pairs))
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.4]))
+
+
+def test_labelled_files_and_log_labels(tmp_path):
+    path = tmp_path / "l.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write('{"text": "好看", "label": 1}\n{"text": "不好看", "label": "0"}\n')
+    assert read_labelled([str(path)]) == (["好看", "不好看"], [1, 0])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "好看", "label": 1}\n{"text": "x", "label": 3}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.jsonl line 2, field 'label': expected 1"):
+        read_labelled([str(bad)])
+    day = 86400.0
+    log = [Behavior("u", "a", "rate", 0, 5.0), Behavior("u", "a", "comment", day, text="好"),
+           Behavior("u", "b", "rate", 0, 1.0), Behavior("u", "b", "comment", day, text="差"),
+           Behavior("u", "c", "rate", 0, 3.0), Behavior("u", "c", "comment", day, text="还行"),
+           Behavior("v", "a", "comment", day, text="没评分")]
+    assert log_labels(log) == (["好", "差"], [1, 0])
+    assert log_labels(log, positive_rating=3.0) == (["好", "差", "还行"], [1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_ckpt, tmp_path_factory):
+    texts, labels = _toy(160, 0)
+    out = str(tmp_path_factory.mktemp("sentiment") / "model")
+    config = SentimentConfig(train_layers=-1, epochs=12, batch_size=16, learning_rate=3e-3,
+                             max_len=16)
+    clf = train_sentiment(tiny_ckpt, texts, labels, out, config, {"files": ["toy"]})
+    return clf, out
+
+
+def test_training_learns_negation(trained):
+    clf, _ = trained
+    texts, labels = _toy(80, 1)
+    metrics = clf.evaluate(texts, labels)
+    assert metrics["auc"] > 0.9 and metrics["accuracy"] > 0.8, metrics
+    assert clf.meta["validation"]["auc"] == max(h["auc"] for h in clf.meta["history"])
+
+
+def test_model_directory_holds_the_head(trained, tiny_ckpt):
+    clf, out = trained
+    assert SentimentClassifier.present(out) and not SentimentClassifier.present(tiny_ckpt)
+    assert {"bert_rec.json", "stopwords.txt", "sentiment.npz", "sentiment.json",
+            "vocab.txt"} <= set(os.listdir(out))
+    reloaded = SentimentClassifier.load(out)
+    texts = ["这个视频 不好看", "这个视频 好看 喜欢", "没有 推荐"]
+    np.testing.assert_allclose(reloaded.predict(texts), clf.predict(texts), atol=1e-6)
+    meta = json.load(open(os.path.join(out, "sentiment.json"), encoding="utf-8"))
+    assert meta["train_layers"] == 2 and meta["data"] == {"files": ["toy"]}
+    rec = Recommender.load(out)
+    assert rec.sentiment is not None and not rec.trained
+
+
+def test_sentiment_command(trained, tmp_path, tiny_ckpt, capsys):
+    _, out = trained
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "这个视频<b>不好看 没有喜欢</b>"}\n{"text": "这个视频 好看 喜欢"}\n',
+                      encoding="utf-8")
+    assert main(["sentiment", "--model", out, "--input", str(inputs), "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["视频 不 好看 没有 喜欢", "视频 好看 喜欢"]  # cleaned
+    assert rows[0]["label"] == "negative" and rows[1]["label"] == "positive"
+    assert all(0 <= r["positive"] <= 1 and set(r) == {"text", "positive", "label"} for r in rows)
+    lines = tmp_path / "in.txt"
+    lines.write_text("这个视频 不好看\n\n这个视频 好看\n", encoding="utf-8")
+    assert main(["sentiment", "--model", out, "--input", str(lines)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["sentiment", "--model", tiny_ckpt, "--input", str(lines)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no sentiment head" in err and "train-sentiment" in err and len(err.splitlines()) == 1
+
+
+def test_train_sentiment_command_from_the_log(tiny_ckpt, tmp_path, capsys):
+    rows = []
+    for n in range(24):
+        liked = n % 2 == 0
+        rows.append({"user_id": f"u{n}", "item_id": "a", "behavior": "rate",
+                     "timestamp": 1709287200 + n, "rating": 5 if liked else 1})
+        rows.append({"user_id": f"u{n}", "item_id": "a", "behavior": "comment",
+                     "timestamp": 1709287300 + n, "text": "好看" if liked else "不好看"})
+    log = tmp_path / "b.jsonl"
+    log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
+    out = tmp_path / "m"
+    assert main(["train-sentiment", "--model", tiny_ckpt, "--behaviors", str(log), "--out",
+                 str(out), "--epochs", "1", "--max-len", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "24 labelled texts (12 positive)" in err and "validation accuracy" in err
+    meta = json.loads((out / "sentiment.json").read_text(encoding="utf-8"))
+    assert meta["data"]["log_examples"] == 24 and meta["settings"]["positive_rating"] == 4.0
+    assert main(["train-sentiment", "--model", tiny_ckpt, "--out", str(out)]) == 2
+    assert "needs labelled texts" in capsys.readouterr().err
+
+
+def test_a_complaint_pushes_recommendations_away(trained):
+    """With the head, a comment the head reads as negative makes its item a dislike: items like
+    it are ranked lower, and the explanation says why, with a negative share."""
+    _, out = trained
+    items = [Item("food1", "这个视频 好吃 红烧肉"), Item("food2", "这个视频 好吃 红烧肉 家常菜"),
+             Item("ball1", "篮球 比赛 精彩"), Item("ball2", "篮球 比赛 集锦"),
+             Item("pets1", "小猫 小狗 可爱")]
+    history = [Behavior("u", "ball1", "view", 0.0), Behavior("u", "food1", "view", 10.0),
+               Behavior("u", "food1", "comment", 20.0, text="这个视频 不好吃 没有推荐")]
+    signed = Recommender.load(out).index_items(items)
+    assert signed.sentiment.predict(["这个视频 不好吃 没有推荐"])[0] < 0.5
+    result = signed.recommend({"u": history}, k=3, explain=3)[0]
+    blind = Recommender.load(out, overrides={"scoring": {"polarity": "off"}}).index_items(items)
+    before = blind.recommend({"u": history}, k=3)[0]
+    rank = {r.item_id: i for i, r in enumerate(result.items)}
+    blind_rank = {r.item_id: i for i, r in enumerate(before.items)}
+    assert rank.get("food2", 9) > blind_rank["food2"]
+    for recommended in result.items:  # every explanation: the food1 behaviours are dislikes
+        assert sum(b.share for b in recommended.because) == pytest.approx(1.0, abs=1e-5)
+        for because in recommended.because:
+            assert because.polarity == ("negative" if because.item_id == "food1" else "neutral")
