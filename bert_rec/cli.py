@@ -114,6 +114,9 @@ def add_evaluate_parser(sub):
     ev.add_argument("-k", type=int, default=10)
     _add_output_args(ev)
     ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
+    ev.add_argument("--dislikes", metavar="FILE",
+                    help="JSON Lines of known (user_id, item_id) dislikes for the disliked-items "
+                         "rate (default: the items a user rated below the scale's midpoint)")
     _add_cache_args(ev)
     ev.set_defaults(func=commands.cmd_evaluate)
 

@@ -154,7 +154,9 @@ def cmd_evaluate(args):
     if not cases:
         raise UsageError(f"{args.behaviors}: no user has 2 distinct items; nothing to evaluate")
     from .comparison import evaluate_all, plot_results  # noqa: PLC0415
-    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args))
+    truth = read_dislikes(args.dislikes, args) if args.dislikes else None
+    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args),
+                           truth=truth)
     report = {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
               "results": results}
     if args.format == "json":
@@ -166,6 +168,21 @@ def cmd_evaluate(args):
     if args.plot:
         plot_results(report, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def read_dislikes(path, args):
+    """(user, item) pairs of a JSON Lines file of known dislikes (``user_id``, ``item_id``)."""
+    from .data import InputError, iter_records  # noqa: PLC0415
+    salt = getattr(args, "hash_user_ids", None)
+    hasher = user_id_hasher(salt) if salt is not None else (lambda user: user)
+    pairs = []
+    for line, record in iter_records(path, required=("user_id", "item_id")):
+        user, item = record.get("user_id"), record.get("item_id")
+        if not isinstance(user, (str, int)) or not isinstance(item, (str, int)):
+            raise InputError(path, line, "user_id" if not isinstance(user, (str, int))
+                             else "item_id", "expected a string")
+        pairs.append((hasher(str(user)), str(item)))
+    return pairs
 
 
 def cmd_train_sentiment(args):

@@ -46,7 +46,8 @@ __all__ = [
     "target_ranks",
 ]
 
-METRICS = ("hr", "ndcg", "mrr", "coverage")
+METRICS = ("hr", "ndcg", "mrr", "coverage", "disliked")
+LOWER_IS_BETTER = ("disliked",)
 
 
 # --------------------------------------------------------------------------- split
@@ -150,18 +151,67 @@ def target_ranks(scores, cases: Sequence[Case], item_index: Mapping[str, int]) -
     return _ranks(array, mask, _target_columns(cases, item_index, mask))
 
 
-def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> set[int]:
-    """Columns in any row's top-k candidates (highest score first, ties by catalogue order)."""
-    seen: set[int] = set()
+def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> list[np.ndarray]:
+    """Each row's top-k candidate columns (highest score first, ties by catalogue order)."""
+    tops = []
     for row_scores, row_mask in zip(scores, mask):
         columns = np.flatnonzero(row_mask)
-        seen.update(best_k(columns, row_scores[columns], k)[0].tolist())
-    return seen
+        tops.append(best_k(columns, row_scores[columns], k)[0])
+    return tops
+
+
+@dataclass
+class DislikeProbe:
+    """What the disliked-items rate needs: each user's disliked items and an item-item content
+    similarity [M, M] (TF-IDF cosine, the same for every method)."""
+
+    disliked: dict[str, set[str]]
+    similarity: np.ndarray
+
+    def count(self, cases: Sequence[Case], tops: list[np.ndarray],
+              index: Mapping[str, int]) -> tuple[int, int]:
+        """(recommended items whose closest history item the user disliked, items recommended)."""
+        hits = total = 0
+        for case, top in zip(cases, tops):
+            total += len(top)
+            bad = self.disliked.get(case.user_id)
+            history = _history_columns(case, index)
+            if not bad or not history or not len(top):
+                continue
+            closest = np.asarray(history)[np.argmax(self.similarity[np.ix_(top, history)], 1)]
+            bad_columns = {index[i] for i in bad if i in index}
+            hits += sum(int(c) in bad_columns for c in closest)
+        return hits, total
+
+
+def dislike_probe(items: Sequence[Item], cases: Sequence[Case], scoring: ScoringConfig | None = None,
+                  truth: Iterable[tuple[str, str]] | None = None) -> DislikeProbe:
+    """The probe of :func:`evaluate_scores`'s disliked-items rate.
+
+    Disliked items: the ``truth`` (user, item) pairs when given (a simulator's ground truth),
+    else the items a user rated below the rating scale's midpoint in their history.
+    """
+    scoring = scoring or ScoringConfig()
+    disliked: dict[str, set[str]] = {}
+    if truth is not None:
+        for user, item in truth:
+            disliked.setdefault(user, set()).add(item)
+    else:
+        for case in cases:
+            low = {e.item_id for e in case.history
+                   if e.rating is not None and e.rating < scoring.midpoint}
+            if low:
+                disliked[case.user_id] = low
+    similarity = TfidfContent().fit(items, cases).gram  # rows are unit vectors: cosines
+    return DislikeProbe(disliked, similarity)
 
 
 def evaluate_scores(score_fn: Callable[[list[Case]], np.ndarray], cases: Sequence[Case],
-                    items: Sequence[Item], k: int = 10, batch_size: int = 256) -> dict[str, float]:
-    """Score `cases` in batches with `score_fn` and return mean HR@k, NDCG@k, MRR and coverage@k.
+                    items: Sequence[Item], k: int = 10, batch_size: int = 256,
+                    probe: DislikeProbe | None = None) -> dict[str, float]:
+    """Score `cases` in batches with `score_fn` and return mean HR@k, NDCG@k, MRR and coverage@k
+    (and, with a ``probe``, the disliked-items rate: the share of top-k items whose most similar
+    history item the user disliked; lower is better).
 
     ``score_fn(list_of_cases)`` must return a float array [len(list_of_cases), len(items)]
     with columns in the order of `items`.
@@ -176,21 +226,29 @@ def evaluate_scores(score_fn: Callable[[list[Case]], np.ndarray], cases: Sequenc
     width = len(index)
     ranks: list[np.ndarray] = []
     covered: set[int] = set()
+    disliked = recommended = 0
     for start in range(0, len(cases), batch_size):
         batch = list(cases[start:start + batch_size])
         mask = _candidate_mask(batch, index, width)
         targets = _target_columns(batch, index, mask)
         scores = _check_scores(score_fn(batch), batch, width)
         ranks.append(_ranks(scores, mask, targets))
-        covered |= _top_k(scores, mask, k)
+        tops = _top_k(scores, mask, k)
+        covered.update(int(c) for top in tops for c in top)
+        if probe is not None:
+            hits, total = probe.count(batch, tops, index)
+            disliked, recommended = disliked + hits, recommended + total
     rank = np.concatenate(ranks).astype(np.float64)
     hit = rank <= k
-    return {
+    metrics = {
         "hr": float(hit.mean()),
         "ndcg": float(np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0).mean()),
         "mrr": float((1.0 / rank).mean()),
         "coverage": float(len(covered) / width),
     }
+    if probe is not None:
+        metrics["disliked"] = disliked / max(recommended, 1)
+    return metrics
 
 
 # --------------------------------------------------------------------------- baselines
@@ -390,7 +448,8 @@ class TfidfContent(_Baseline):
 
 def run_baselines(items: Sequence[Item], cases: Sequence[Case], k: int = 10,
                   weights: Mapping[str, float] | ScoringConfig | None = None, neighbors: int = 50,
-                  tokenize: Callable[[str], list[str]] | None = None) -> dict[str, dict[str, float]]:
+                  tokenize: Callable[[str], list[str]] | None = None,
+                  probe: DislikeProbe | None = None) -> dict[str, dict[str, float]]:
     """Fit Popularity, ItemKNN and TfidfContent on the cases' histories and evaluate each at `k`.
 
     ``weights``: the behaviour weights of the profiles (pass the model's ScoringConfig, so the
@@ -401,22 +460,28 @@ def run_baselines(items: Sequence[Item], cases: Sequence[Case], k: int = 10,
     results: dict[str, dict[str, float]] = {}
     for model in models:
         model.fit(items, cases)
-        results[model.name] = evaluate_scores(model.scores, cases, items, k=k)
+        results[model.name] = evaluate_scores(model.scores, cases, items, k=k, probe=probe)
     return results
 
 
 def format_metrics(results: Mapping[str, Mapping[str, float]], k: int) -> str:
-    """Return a plain-text table of `results` (method -> metrics); the best value per column gets '*'."""
-    headers = ["method", f"HR@{k}", f"NDCG@{k}", "MRR", f"Coverage@{k}"]
-    best = {metric: max((row[metric] for row in results.values()), default=math.nan) for metric in METRICS}
+    """Return a plain-text table of `results` (method -> metrics); the best value per column gets '*'
+    (the lowest for the disliked-items rate, a column shown only when the results have it)."""
+    titles = {"hr": f"HR@{k}", "ndcg": f"NDCG@{k}", "mrr": "MRR", "coverage": f"Coverage@{k}",
+              "disliked": f"Disliked@{k}"}
+    metrics = [m for m in METRICS if all(m in row for row in results.values())]
+    headers = ["method"] + [titles[m] for m in metrics]
+    pick = {m: (min if m in LOWER_IS_BETTER else max) for m in metrics}
+    best = {m: pick[m]((row[m] for row in results.values()), default=math.nan) for m in metrics}
     lines = []
     for name, row in results.items():
         cells = [name]
-        for metric in METRICS:
+        for metric in metrics:
             mark = "*" if row[metric] == best[metric] else " "
             cells.append(f"{row[metric]:.4f}{mark}")
         lines.append(cells)
     widths = [max(len(header), *(len(cells[i]) for cells in lines)) for i, header in enumerate(headers)]
+
     def render(cells):
         return "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
                          for i, cell in enumerate(cells)).rstrip()

@@ -222,13 +222,13 @@ def _save_item_vectors(directory, catalogue, config):
         f.writelines(item.item_id + "\n" for item in catalogue.items)
 
 
-def derive(src, out_dir, add, replaced=()):
+def derive(src, out_dir, add, replaced=(), config=None):
     """Write a model directory at ``out_dir`` holding ``src`` plus what ``add(directory)`` writes.
 
     ``src`` is a model directory (all its files are carried over, hard-linked where possible;
     those named in ``replaced`` are left out, as ``add`` writes them anew) or a Google
-    checkpoint directory (it becomes a model directory with default settings). Atomic like
-    every directory bert_rec writes; ``out_dir`` may be ``src`` itself.
+    checkpoint directory (it becomes a model directory with ``config``, default settings if
+    None). Atomic like every directory bert_rec writes; ``out_dir`` may be ``src`` itself.
     """
     from .text import TextPipeline  # noqa: PLC0415
     with staged_dir(out_dir) as tmp:
@@ -238,11 +238,13 @@ def derive(src, out_dir, add, replaced=()):
             if os.path.exists(os.path.join(tmp, name)):
                 os.unlink(os.path.join(tmp, name))
         if not is_model_dir(src):
-            config = ModelConfig()
+            config = config or ModelConfig()
             with open(os.path.join(tmp, STOPWORDS_NAME), "w", encoding="utf-8") as f:
                 stopwords = TextPipeline(config.text).stopwords
                 f.writelines(word + "\n" for word in sorted(stopwords))
-            config.save(os.path.join(tmp, MODEL_CONFIG_NAME))
+            config.replace(text=dict(stopwords_path=None, extra_stopwords_path=None,
+                                     user_dict_path=None)).save(
+                os.path.join(tmp, MODEL_CONFIG_NAME))
         add(tmp)
     return os.path.abspath(out_dir)
 

@@ -240,12 +240,15 @@ class SentimentClassifier:
                 "auc": roc_auc(labels, positive), "examples": int(len(labels))}
 
 
-def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, log=None):
+def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, log=None,
+                    overrides=None):
     """Fine-tune a sentiment head on the encoder of ``model_path`` (a checkpoint or model
     directory) and write ``out_dir``: ``model_path``'s model directory plus the head.
 
     ``texts``/``labels``: the examples (1 positive, 0 negative); a seeded
-    ``config.validation_fraction`` of them picks the best epoch. Returns the classifier.
+    ``config.validation_fraction`` of them picks the best epoch. ``overrides``: model
+    settings for a checkpoint's new model directory (``ModelConfig.replace`` changes).
+    Returns the classifier.
     """
     import dataclasses  # noqa: PLC0415
     from . import model_dir  # noqa: PLC0415
@@ -254,7 +257,7 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
         raise ValueError(f"{len(labels)} labelled texts ({int(labels.sum())} positive): need at "
                          f"least 10 with both labels; pass more --data, or a --behaviors log "
                          f"with rated comments")
-    model_config = model_dir.read_config(model_path)
+    model_config = model_dir.read_config(model_path).replace(**(overrides or {}))
     clf = SentimentClassifier(find_checkpoint(model_path), model_config.pooling,
                               model_config.text, config.train_layers, config.max_len)
     order = np.random.default_rng(config.seed).permutation(len(labels))
@@ -269,5 +272,6 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
                              "positive": int(labels.sum())},
                 "history": history, "validation": {k: best[k] for k in ("epoch", "accuracy",
                                                                         "auc")}}
-    model_dir.derive(model_path, out_dir, clf.save_head, replaced=(WEIGHTS_NAME, META_NAME))
+    model_dir.derive(model_path, out_dir, clf.save_head, replaced=(WEIGHTS_NAME, META_NAME),
+                     config=model_config)
     return clf

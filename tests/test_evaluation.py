@@ -10,6 +10,7 @@ import pytest
 from bert_rec.config import DEFAULT_BEHAVIOR_WEIGHTS, ScoringConfig
 from bert_rec.data import Behavior, Item, group_by_user
 from bert_rec.evaluation import (
+    dislike_probe,
     Case,
     ItemKNN,
     Popularity,
@@ -356,3 +357,23 @@ def test_default_weights_and_no_tensorflow_import():
     assert DEFAULT_BEHAVIOR_WEIGHTS == {"view": 1, "click": 2, "rate": 3, "comment": 3}
     code = "import sys, bert_rec.evaluation; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_disliked_items_rate_counts_recommendations_closest_to_a_dislike():
+    items = catalogue("a", "b", "c", "d", texts={"a": "篮球 比赛", "b": "篮球 比赛 集锦",
+                                                 "c": "小猫 萌宠", "d": "小猫 萌宠 日常"})
+    cases = [Case("u", [ev("u", "a", 1), ev("u", "c", 2)], "d")]
+    probe = dislike_probe(items, cases, truth=[("u", "a")])
+    assert probe.disliked == {"u": {"a"}}
+    index = item_index(items)
+    # b resembles a (disliked), d resembles c: recommending b counts, d does not
+    assert probe.count(cases, [np.array([index["b"], index["d"]])], index) == (1, 2)
+    scores = np.array([[0.0, 0.9, 0.0, 0.1]])  # b first
+    metrics = evaluate_scores(lambda batch: scores, cases, items, k=1, probe=probe)
+    assert metrics["disliked"] == 1.0
+    scores = np.array([[0.0, 0.1, 0.0, 0.9]])  # d first
+    assert evaluate_scores(lambda batch: scores, cases, items, k=1, probe=probe)["disliked"] == 0
+    # without ground truth, a rating below the midpoint marks the dislike
+    rated = [Case("u", [Behavior("u", "a", "rate", 1.0, rating=1.0), ev("u", "c", 2)], "d")]
+    assert dislike_probe(items, rated).disliked == {"u": {"a"}}
+    assert "Disliked@1" in format_metrics({"m": metrics}, k=1)
