@@ -41,7 +41,7 @@ def build_parser():
     sub = parser.add_subparsers(metavar="COMMAND")
     for add in (add_recommend_parser, add_train_parser, add_evaluate_parser,
                 add_pretrain_parser, add_export_parser, add_request_parser,
-                add_init_checkpoint_parser):
+                add_init_checkpoint_parser, add_config_parser):
         add(sub)
     return parser
 
@@ -65,6 +65,7 @@ def add_recommend_parser(sub):
                           "catalogues)")
     rec.add_argument("--include-seen", action="store_true",
                      help="do not exclude items the user already interacted with")
+    _add_settings_args(rec)
     _add_cache_args(rec)
     rec.set_defaults(func=commands.cmd_recommend)
 
@@ -78,28 +79,33 @@ def add_train_parser(sub):
     _add_model_arg(train)
     _add_data_args(train)
     train.add_argument("--out", required=True, help="model directory to write")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--temperature", type=float, default=defaults.temperature)
-    train.add_argument("--train-layers", type=int, default=defaults.train_layers,
+    # Defaults are None: a flag given overrides --config/--set, one left out does not.
+    train.add_argument("--epochs", type=int, help=f"(default {defaults.epochs})")
+    train.add_argument("--batch-size", type=int, help=f"(default {defaults.batch_size})")
+    train.add_argument("--learning-rate", type=float,
+                       help=f"(default {defaults.learning_rate:g})")
+    train.add_argument("--temperature", type=float, help=f"(default {defaults.temperature:g})")
+    train.add_argument("--train-layers", type=int,
                        help="fine-tune the top N encoder layers (default 0: frozen encoder, "
                             "fast on CPU)")
-    train.add_argument("--extra-negatives", type=int, default=defaults.extra_negatives,
-                       help="random negatives per batch besides the in-batch ones")
+    train.add_argument("--extra-negatives", type=int,
+                       help=f"random negatives per batch besides the in-batch ones (default "
+                            f"{defaults.extra_negatives})")
     train.add_argument("--no-logq", action="store_true",
                        help="turn off the log-q popularity correction")
     train.add_argument("--no-id-embeddings", action="store_true",
                        help="text only: no item-id embeddings (no collaborative signal)")
-    train.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
-                       help="softmax (two-tower retrieval), click (num_classes=2 click "
-                            "classifier) or both")
-    train.add_argument("--patience", type=int, default=defaults.patience,
-                       help="epochs without validation gain before stopping")
-    train.add_argument("-k", type=int, default=defaults.k, help="K of validation NDCG@K")
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--objective", choices=OBJECTIVES,
+                       help=f"softmax (two-tower retrieval), click (num_classes=2 click "
+                            f"classifier) or both (default {defaults.objective})")
+    train.add_argument("--patience", type=int,
+                       help=f"epochs without validation gain before stopping (default "
+                            f"{defaults.patience})")
+    train.add_argument("-k", type=int, help=f"K of validation NDCG@K (default {defaults.k})")
+    train.add_argument("--seed", type=int, help=f"(default {defaults.seed})")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --out from its last epoch")
+    _add_settings_args(train)
     _add_cache_args(train)
     train.set_defaults(func=commands.cmd_train)
 
@@ -114,6 +120,7 @@ def add_evaluate_parser(sub):
     ev.add_argument("-k", type=int, default=10)
     _add_output_args(ev)
     ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
+    _add_settings_args(ev)
     _add_cache_args(ev)
     ev.set_defaults(func=commands.cmd_evaluate)
 
@@ -213,6 +220,38 @@ def add_init_checkpoint_parser(sub):
                       help="drop characters seen fewer times (default 2)")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=commands.cmd_init_checkpoint)
+
+
+def add_config_parser(sub):
+    config = sub.add_parser(
+        "config", help="show a model's settings",
+        description="Settings without Python: see --config FILE and --set KEY=VALUE of "
+                    "recommend, train, evaluate and report.")
+    config.set_defaults(func=lambda _: config.print_help() or 2)
+    actions = config.add_subparsers(metavar="ACTION")
+    show = actions.add_parser(
+        "show", help="print a model's effective settings as JSON (a valid --config file)",
+        description="Print the settings a model directory was saved with (defaults for a "
+                    "checkpoint): the model's text, scoring and tower settings, and under "
+                    "'train' what it was trained with; with --config/--set, those applied.")
+    _add_model_arg(show)
+    _add_settings_args(show)
+    show.set_defaults(func=commands.cmd_config_show)
+
+
+def _add_settings_args(parser):
+    """--config FILE and --set KEY=VALUE (see bert_rec/settings.py)."""
+    group = parser.add_argument_group(
+        "settings", "Layers, each overriding the one before: the model's saved settings "
+                    "(defaults for a checkpoint), --config FILE, --set, the flags above. "
+                    "`bert-rec config show --model DIR` prints them.")
+    group.add_argument("--config", metavar="FILE",
+                       help="JSON settings file: scoring (behaviour weights, half-life, rating "
+                            "scale, text weight, history length), text (stopwords, user "
+                            "dictionary), whitening, and a 'train' section")
+    group.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                       help="one setting, e.g. scoring.half_life_days=7 or train.epochs=5 "
+                            "(VALUE is JSON, else text)")
 
 
 def _add_model_arg(parser):

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from . import settings
 from .config import PretrainConfig, TrainConfig
 from .data import DEFAULT_BEHAVIORS, group_by_user, read_behaviors, read_items
 from .explain import format_recommendations
@@ -49,6 +50,22 @@ def load_inputs(args):
     return items, group_by_user(behaviors)
 
 
+def requested_settings(args, flags=None):
+    """The setting changes of --config FILE, --set and the command's own ``flags`` (nested,
+    later layers winning), checked before any data or model is read."""
+    changes = settings.merge(
+        settings.load_file(args.config) if getattr(args, "config", None) else {},
+        settings.parse_assignments(getattr(args, "set", None)), flags)
+    settings.check(changes, "the command-line flags")
+    return changes
+
+
+def model_overrides(args, changes):
+    """``Recommender.load`` overrides that apply ``changes`` to the model's saved settings."""
+    from .model_dir import read_config  # noqa: PLC0415  (TensorFlow loads here)
+    return settings.model_overrides(read_config(args.model), changes)
+
+
 def selected_users(args, histories):
     """The user ids --user names, as keys of ``histories`` (hashed under --hash-user-ids).
 
@@ -81,16 +98,13 @@ def write_output(text, path):
 def cmd_recommend(args):
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
+    changes = requested_settings(args, _recommend_flags(args))
     items, histories = load_inputs(args)
     histories = _only_selected(args, histories)
     from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
     started = time.time()
-    overrides = {}
-    if args.pooling:
-        overrides["pooling"] = args.pooling
-    if args.include_seen:
-        overrides["scoring"] = {"exclude_seen": False}
-    recommender = Recommender.load(args.model, cache_dir=cache_dir(args), overrides=overrides)
+    recommender = Recommender.load(args.model, cache_dir=cache_dir(args),
+                                   overrides=model_overrides(args, changes))
     recommender.index_items(items).use_index(args.index)
     titles = {item.item_id: item.title for item in items}
     served = []
@@ -112,6 +126,16 @@ def cmd_recommend(args):
           f"{time.time() - started:.1f} s", file=sys.stderr)
 
 
+def _recommend_flags(args):
+    """The settings recommend's own flags set (they override --config and --set)."""
+    flags = {}
+    if args.pooling:
+        flags["pooling"] = args.pooling
+    if args.include_seen:
+        flags["scoring"] = {"exclude_seen": False}
+    return flags
+
+
 def _only_selected(args, histories):
     """The histories of the users --user names (all without it); unknown ones are an error."""
     if args.user:
@@ -128,33 +152,46 @@ def _only_selected(args, histories):
 
 
 def cmd_train(args):
+    changes = requested_settings(args, {"train": _train_flags(args)})
+    config = settings.train_config(changes)
     items, histories = load_inputs(args)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        temperature=args.temperature, train_layers=args.train_layers,
-        extra_negatives=args.extra_negatives, logq_correction=not args.no_logq,
-        id_embeddings=not args.no_id_embeddings, objective=args.objective,
-        patience=args.patience, k=args.k, seed=args.seed)
     from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
     started = time.time()
     history, _ = train(args.model, items, histories, args.out, config, resume=args.resume,
-                       cache_dir=cache_dir(args))
+                       cache_dir=cache_dir(args), overrides=model_overrides(args, changes))
     best = max(history, key=lambda h: h["val_ndcg"])
-    print(f"best epoch {best['epoch']}: validation NDCG@{args.k} {best['val_ndcg']:.4f}, "
-          f"HR@{args.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all",
+    print(f"best epoch {best['epoch']}: validation NDCG@{config.k} {best['val_ndcg']:.4f}, "
+          f"HR@{config.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all",
           file=sys.stderr)
     print(f"wrote the model to {args.out} (curves: "
           f"{os.path.join(args.out, STATE_DIR, CURVES_NAME)})", file=sys.stderr)
 
 
+_TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "temperature", "train_layers",
+                "extra_negatives", "objective", "patience", "k", "seed")
+
+
+def _train_flags(args):
+    """The training settings train's own flags set (flags left out are None)."""
+    flags = {name: getattr(args, name) for name in _TRAIN_FLAGS
+             if getattr(args, name) is not None}
+    if args.no_logq:
+        flags["logq_correction"] = False
+    if args.no_id_embeddings:
+        flags["id_embeddings"] = False
+    return flags
+
+
 def cmd_evaluate(args):
+    changes = requested_settings(args)
     items, histories = load_inputs(args)
     from .evaluation import format_metrics, leave_last_out  # noqa: PLC0415
     cases, skipped = leave_last_out(histories)
     if not cases:
         raise UsageError(f"{args.behaviors}: no user has 2 distinct items; nothing to evaluate")
     from .comparison import evaluate_all, plot_results  # noqa: PLC0415
-    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args))
+    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args),
+                           overrides=model_overrides(args, changes))
     report = {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
               "results": results}
     if args.format == "json":
@@ -223,6 +260,23 @@ def cmd_request(args):
     else:
         inputs = client.recommend_inputs(history, by_id, k=args.k)
     sys.stdout.write(json.dumps(rest_body(inputs, args.signature), ensure_ascii=False) + "\n")
+
+
+def cmd_config_show(args):
+    """Print the model's settings (+ --config/--set) as JSON: a valid --config file."""
+    changes = requested_settings(args)
+    from .model_dir import read_config  # noqa: PLC0415  (TensorFlow loads here)
+    from .training import STATE_DIR  # noqa: PLC0415
+    base = read_config(args.model)
+    model_config = base.replace(**settings.model_overrides(base, changes))
+    saved = os.path.join(args.model, STATE_DIR, "config.json")
+    trained = None
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
+            trained = settings.apply(TrainConfig(), json.load(f), saved)
+    train = settings.train_config(changes, base=trained) if trained or changes.get(
+        settings.TRAIN_SECTION) else None
+    sys.stdout.write(settings.show(model_config, train))
 
 
 def cmd_init_checkpoint(args):
