@@ -13,6 +13,7 @@ from .config import (CONTINUE_LEARNING_RATE, OBJECTIVES, POOLINGS, SCRATCH_LEARN
 from .data import DEFAULT_BEHAVIORS, InputError
 from .retrieval import BACKENDS as INDEX_BACKENDS
 from .utils.encode_cache import ENV_VAR as CACHE_ENV_VAR
+from .utils.terminal import safe
 
 
 def main(argv=None):
@@ -27,7 +28,7 @@ def main(argv=None):
     except (InputError, UsageError, ValueError, OSError) as e:
         # CheckpointError and config errors are ValueErrors with a what-to-do message;
         # OSError: a file that can't be read or written (missing, permissions, disk full).
-        print(f"bert-rec: error: {e}", file=sys.stderr)
+        print(f"bert-rec: error: {safe(e)}", file=sys.stderr)  # ids, paths: inert
         return 2
     except KeyboardInterrupt:
         print("bert-rec: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from .explain import format_recommendations
 from .utils import atomic
 from .utils.encode_cache import default_cache_dir
 from .utils.privacy import user_id_hasher
+from .utils.terminal import safe, safe_json
 
 RECOMMEND_CHUNK = 2048  # users recommended (and their results held) at a time
 
@@ -44,9 +45,9 @@ def load_inputs(args):
         item_ids={item.item_id for item in items}, verbose=verbose,
         map_user_id=user_id_hasher(salt) if salt is not None else None)
     for report in (item_report, behavior_report):
-        print(report.summary(), file=sys.stderr)
+        print(safe(report.summary()), file=sys.stderr)
         for example in report.examples if verbose else ():
-            print(f"  skipped: {example}", file=sys.stderr)
+            print(f"  skipped: {safe(example)}", file=sys.stderr)
     return items, group_by_user(behaviors)
 
 
@@ -117,7 +118,7 @@ def cmd_recommend(args):
             results = recommender.recommend(chunk, k=args.k, explain=args.explain)
             served.append(len(results))
             if args.format == "json":
-                yield "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+                yield "".join(safe_json(r.to_dict()) + "\n" for r in results)
             else:
                 yield ("\n" if start else "") + format_recommendations(results, histories, titles)
 
