@@ -1,5 +1,6 @@
 # make demo  - set up .venv if needed, then on the bundled sample data: fine-tune briefly,
-#              evaluate against the baselines, and print explained recommendations
+#              evaluate against the baselines, print explained recommendations and write
+#              out/demo/report.html
 # make test  - set up .venv if needed, then run the test suite
 # make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~45 min on 2 cores);
 #              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
@@ -28,6 +29,7 @@ demo: install
 	$(BIN)/bert-rec train --model $(CKPT) $(DATA) --out $(DEMO_OUT)/model
 	$(BIN)/bert-rec evaluate --model $(DEMO_OUT)/model $(DATA) --plot $(DEMO_OUT)/evaluation.png
 	$(BIN)/bert-rec recommend --model $(DEMO_OUT)/model $(DATA) --user u0001 u0002 u0003 -k 5
+	$(BIN)/bert-rec report --model $(DEMO_OUT)/model $(DATA) --out $(DEMO_OUT)/report.html
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -42,7 +42,7 @@ def build_parser():
     sub = parser.add_subparsers(metavar="COMMAND")
     for add in (add_recommend_parser, add_train_parser, add_evaluate_parser,
                 add_pretrain_parser, add_export_parser, add_request_parser,
-                add_init_checkpoint_parser, add_config_parser):
+                add_init_checkpoint_parser, add_config_parser, add_report_parser):
         add(sub)
     return parser
 
@@ -221,6 +221,31 @@ def add_init_checkpoint_parser(sub):
                       help="drop characters seen fewer times (default 2)")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=commands.cmd_init_checkpoint)
+
+
+def add_report_parser(sub):
+    rep = sub.add_parser(
+        "report", help="write one self-contained HTML report (data, evaluation, users)",
+        description="One HTML file that opens offline: data set counts, the evaluation "
+                    "against the baselines with a chart, the training curves (if any), and "
+                    "per user the behaviour timeline and the top-K items with each "
+                    "behaviour's share as bars; filter the users by id in the page (or open "
+                    "REPORT.html#q=ID).")
+    _add_model_arg(rep)
+    _add_data_args(rep)
+    rep.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    who = rep.add_mutually_exclusive_group()
+    who.add_argument("--users", type=int, default=100, metavar="N",
+                     help="the first N users by id (default 100)")
+    who.add_argument("--user", nargs="+", metavar="ID", help="these users")
+    rep.add_argument("-k", type=int, default=10, help="items per user (default 10)")
+    rep.add_argument("--explain", type=int, default=5,
+                     help="behaviours shown per recommendation (default 5)")
+    rep.add_argument("--no-evaluation", action="store_true",
+                     help="leave out the evaluation against the baselines (faster)")
+    _add_settings_args(rep)
+    _add_cache_args(rep)
+    rep.set_defaults(func=commands.cmd_report)
 
 
 def add_config_parser(sub):

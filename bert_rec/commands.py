@@ -5,6 +5,7 @@ commands that need it.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -261,6 +262,54 @@ def cmd_request(args):
     else:
         inputs = client.recommend_inputs(history, by_id, k=args.k)
     sys.stdout.write(json.dumps(rest_body(inputs, args.signature), ensure_ascii=False) + "\n")
+
+
+def cmd_report(args):
+    """Recommend for the chosen users, evaluate, and write the HTML report atomically."""
+    if args.k < 1 or args.users < 1:
+        raise UsageError(f"-k and --users must be >= 1, got {args.k} and {args.users}")
+    changes = requested_settings(args)
+    items, histories = load_inputs(args)
+    chosen = (_only_selected(args, histories) if args.user else
+              {u: histories[u] for u in sorted(histories)[:args.users]})
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a directory; give a file name (report.html)")
+    from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads here)
+    from .report import ReportData, UserView, dataset_counts, render, training_history  # noqa
+    overrides = model_overrides(args, changes)
+    recommender = Recommender.load(args.model, cache_dir=cache_dir(args), overrides=overrides)
+    recommender.index_items(items)
+    results = recommender.recommend(chosen, k=args.k, explain=args.explain)
+    evaluation, note = _report_evaluation(args, items, histories, overrides)
+    normalize = functools.lru_cache(maxsize=None)(recommender.encoder.pipeline.normalize)
+    data = ReportData(
+        users=[UserView(r.user_id, histories[r.user_id], r.items) for r in results],
+        titles={item.item_id: item.title for item in items}, clean=normalize,
+        counts=dataset_counts(items, histories), evaluation=evaluation,
+        evaluation_note=note, training=training_history(args.model), k=args.k,
+        sources=[("model", _name(args.model)), ("items", _name(args.items)),
+                 ("behaviours", _name(args.behaviors))])
+    write_output(render(data), args.out)
+
+
+def _name(path):
+    """A path's last part: reports travel, so they don't carry the folders of their inputs."""
+    return os.path.basename(os.path.normpath(path))
+
+
+def _report_evaluation(args, items, histories, overrides):
+    """(the evaluate --format json report or None, why there is none)."""
+    if args.no_evaluation:
+        return None, "Left out (--no-evaluation)."
+    from .evaluation import leave_last_out  # noqa: PLC0415
+    cases, skipped = leave_last_out(histories)
+    if not cases:
+        return None, "No user has 2 distinct items: no leave-last-out evaluation is possible."
+    from .comparison import evaluate_all  # noqa: PLC0415
+    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args),
+                           overrides=overrides)
+    return {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
+            "results": results}, ""
 
 
 def cmd_config_show(args):

@@ -105,8 +105,10 @@ def format_recommendations(results, histories, titles):
             for why in rec.because:
                 said = f" \"{_short(why.text, 24)}\"" if why.text else ""
                 verb = safe(VERBS.get(why.behavior, why.behavior))
+                # a negative share ranked the item lower (e.g. a disliked behaviour)
+                mark = " [disliked]" if getattr(why, "polarity", None) == "negative" else ""
                 lines.append(f"          {why.share:6.1%}  {verb} {safe(why.item_id)} "
-                             f"{_short(titles.get(why.item_id, ''), 20)}{said}")
+                             f"{_short(titles.get(why.item_id, ''), 20)}{said}{mark}")
         lines.append("")
     return "\n".join(lines)
 
