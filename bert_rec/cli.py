@@ -189,14 +189,16 @@ def add_export_parser(sub):
 
 def add_request_parser(sub):
     req = sub.add_parser(
-        "request", help="print the TF Serving REST body for a user",
-        description="Build the REST predict body (columnar inputs) for one user with the "
-                    "export's own preprocessing assets; pipe it to curl -d @- "
-                    "http://HOST:8501/v1/models/NAME:predict")
+        "request", help="print the TF Serving REST body for some users (one batched request)",
+        description="Build the REST predict body (columnar inputs) for the chosen users in one "
+                    "batch, with the export's own preprocessing assets; pipe it to curl -d @- "
+                    "http://HOST:8501/v1/models/NAME:predict. Items in the export's catalogue "
+                    "are sent as ids only; --items is needed only for items it lacks.")
     req.add_argument("--export", required=True, metavar="EXPORT_DIR",
                      help="export folder (or one <name>/<version> folder inside it)")
-    _add_data_args(req)
-    req.add_argument("--user", required=True, metavar="ID")
+    _add_data_args(req, items_required=False)
+    req.add_argument("--user", nargs="+", metavar="ID",
+                     help="these users, rows in this order (default: every user, by id)")
     req.add_argument("-k", type=int, default=10)
     req.add_argument("--signature", default="serving_default",
                      choices=("serving_default", "recommend", "user_vector"))
@@ -292,8 +294,9 @@ def _add_output_args(parser):
                         help="write here (atomically) instead of stdout")
 
 
-def _add_data_args(parser):
-    parser.add_argument("--items", required=True, help="item catalogue (.jsonl/.csv[.gz])")
+def _add_data_args(parser, items_required=True):
+    parser.add_argument("--items", required=items_required,
+                        help="item catalogue (.jsonl/.csv[.gz])")
     parser.add_argument("--behaviors", required=True, help="behaviour log (.jsonl/.csv[.gz])")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad input rows: stop with a message (default) or skip and count")

@@ -4,7 +4,6 @@ Inputs are read and validated before any model loads; TensorFlow is imported ins
 commands that need it.
 """
 
-import argparse
 import functools
 import json
 import os
@@ -35,17 +34,24 @@ def cache_dir(args):
     return getattr(args, "cache_dir", None) or default_cache_dir()
 
 
-def load_inputs(args):
-    """Read and validate items and behaviours; returns (items, {user: behaviours})."""
+def load_inputs(args, known_item_ids=()):
+    """Read and validate items and behaviours; returns (items, {user: behaviours}).
+
+    Behaviours may refer to the items file's items and ``known_item_ids`` (an export's);
+    without --items, ``known_item_ids=None`` leaves their item ids unchecked here."""
     verbose = getattr(args, "verbose", False)
     salt = getattr(args, "hash_user_ids", None)
-    items, item_report = read_items(args.items, on_error=args.on_error)
+    items, reports = [], []
+    if args.items:
+        items, item_report = read_items(args.items, on_error=args.on_error)
+        reports.append(item_report)
     names = tuple(DEFAULT_BEHAVIORS) + tuple(args.behavior_names or ())
     behaviors, behavior_report = read_behaviors(
         args.behaviors, on_error=args.on_error, behaviors=names,
-        item_ids={item.item_id for item in items}, verbose=verbose,
+        item_ids=None if known_item_ids is None and not args.items else
+        {item.item_id for item in items} | set(known_item_ids or ()), verbose=verbose,
         map_user_id=user_id_hasher(salt) if salt is not None else None)
-    for report in (item_report, behavior_report):
+    for report in reports + [behavior_report]:
         print(safe(report.summary()), file=sys.stderr)
         for example in report.examples if verbose else ():
             print(f"  skipped: {safe(example)}", file=sys.stderr)
@@ -248,20 +254,25 @@ def cmd_export(args):
 
 
 def cmd_request(args):
-    items, histories = load_inputs(args)
-    user = selected_users(argparse.Namespace(**{**vars(args), "user": [args.user]}),
-                          histories)[0]
-    if user not in histories:
-        raise UsageError(f"no behaviours for user {args.user} in {args.behaviors}")
-    from .serving import ServingClient, rest_body  # noqa: PLC0415
+    """One REST body for the chosen users (all, by id, without --user)."""
+    from .serving import ServingClient, rest_body  # noqa: PLC0415  (no TensorFlow yet)
     client = ServingClient(args.export)
+    if not args.items and client.export_items is None:
+        raise UsageError(f"{client.path} lists no item ids (exported by an older bert_rec): "
+                         f"pass --items FILE, or export the model again")
+    # without --items, an item the export lacks is reported by the client, with what to do
+    items, histories = load_inputs(args, client.export_items if args.items else None)
+    histories = _only_selected(args, histories) if args.user else dict(sorted(histories.items()))
     by_id = {item.item_id: item for item in items}
-    history = [histories[user]]
+    chosen = list(histories.values())
     if args.signature == "user_vector":
-        inputs = client.user_inputs(history, by_id)
+        inputs = client.user_inputs(chosen, by_id)
     else:
-        inputs = client.recommend_inputs(history, by_id, k=args.k)
-    sys.stdout.write(json.dumps(rest_body(inputs, args.signature), ensure_ascii=False) + "\n")
+        inputs = client.recommend_inputs(chosen, by_id, k=args.k)
+    sys.stdout.write(safe_json(rest_body(inputs, args.signature)) + "\n")
+    users = list(histories)
+    print(safe(f"request for {len(users)} user(s), rows in this order: {', '.join(users[:5])}"
+               f"{' ...' if len(users) > 5 else ''}"), file=sys.stderr)
 
 
 def cmd_report(args):
