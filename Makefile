@@ -1,9 +1,14 @@
 # make demo  - set up .venv if needed, then on the bundled sample data: fine-tune briefly,
-#              evaluate against the baselines, and print explained recommendations
+#              evaluate against the baselines, print explained recommendations and write
+#              out/demo/report.html
 # make test  - set up .venv if needed, then run the test suite
 # make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~45 min on 2 cores);
 #              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# TensorFlow build: cpu (default: tensorflow-cpu, no GPU needed), gpu (tensorflow[and-cuda]) or
+# none (keep the TensorFlow 2.21 already importable in the venv, e.g. one made with
+# `python3.11 -m venv --system-site-packages .venv` over a GPU install). To switch: make clean-venv.
+TF ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := data/sample
@@ -13,9 +18,9 @@ CKPT := checkpoints/tiny-bert-zh
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.py
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-$(TF).txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-$(TF).txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -28,6 +33,7 @@ demo: install
 	$(BIN)/bert-rec train --model $(CKPT) $(DATA) --out $(DEMO_OUT)/model
 	$(BIN)/bert-rec evaluate --model $(DEMO_OUT)/model $(DATA) --plot $(DEMO_OUT)/evaluation.png
 	$(BIN)/bert-rec recommend --model $(DEMO_OUT)/model $(DATA) --user u0001 u0002 u0003 -k 5
+	$(BIN)/bert-rec report --model $(DEMO_OUT)/model $(DATA) --out $(DEMO_OUT)/report.html
 
 test: install
 	$(BIN)/python -m pytest -q tests

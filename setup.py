@@ -1,8 +1,11 @@
 """bert_rec: Chinese-BERT behaviour understanding and recommendation.
 
-install_requires comes from requirements.txt. bert4keras and tf-keras (requirements-nodeps.txt)
-must be installed with --no-deps (their declared requirements conflict with TensorFlow 2.21), so
-they are not listed here: `make install` installs both files, then this package.
+install_requires comes from requirements.txt. TensorFlow is an extra, so that `pip install .`
+keeps a TensorFlow already installed (e.g. a GPU build): `pip install ".[cpu]"` adds
+tensorflow-cpu, `".[gpu]"` tensorflow[and-cuda] (requirements-cpu.txt / -gpu.txt). bert4keras and
+tf-keras (requirements-nodeps.txt) must be installed with --no-deps (their declared requirements
+conflict with TensorFlow 2.21), so they cannot be listed here; without them `import bert_rec`
+stops with one line saying what to run. `make install` installs all of it.
 """
 import os
 
@@ -26,6 +29,7 @@ setup(
     packages=find_packages(include=["bert_rec", "bert_rec.*"]),
     package_data={"bert_rec": ["resources/*"]},
     install_requires=[r for r in read_requirements("requirements.txt") if not r.startswith("pytest")],
-    extras_require={"test": ["pytest"]},
+    extras_require={"cpu": read_requirements("requirements-cpu.txt"),
+                    "gpu": read_requirements("requirements-gpu.txt"), "test": ["pytest"]},
     entry_points={"console_scripts": ["bert-rec=bert_rec.cli:main"]},
 )

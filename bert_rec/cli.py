@@ -13,6 +13,7 @@ from .config import (CONTINUE_LEARNING_RATE, OBJECTIVES, POOLINGS, SCRATCH_LEARN
 from .data import DEFAULT_BEHAVIORS, InputError
 from .retrieval import BACKENDS as INDEX_BACKENDS
 from .utils.encode_cache import ENV_VAR as CACHE_ENV_VAR
+from .utils.terminal import safe
 
 
 def main(argv=None):
@@ -27,7 +28,7 @@ def main(argv=None):
     except (InputError, UsageError, ValueError, OSError) as e:
         # CheckpointError and config errors are ValueErrors with a what-to-do message;
         # OSError: a file that can't be read or written (missing, permissions, disk full).
-        print(f"bert-rec: error: {e}", file=sys.stderr)
+        print(f"bert-rec: error: {safe(e)}", file=sys.stderr)  # ids, paths: inert
         return 2
     except KeyboardInterrupt:
         print("bert-rec: interrupted", file=sys.stderr)
@@ -41,7 +42,8 @@ def build_parser():
     sub = parser.add_subparsers(metavar="COMMAND")
     for add in (add_recommend_parser, add_train_parser, add_evaluate_parser,
                 add_train_sentiment_parser, add_sentiment_parser, add_pretrain_parser,
-                add_export_parser, add_request_parser, add_init_checkpoint_parser):
+                add_export_parser, add_request_parser, add_init_checkpoint_parser,
+                add_config_parser, add_report_parser):
         add(sub)
     return parser
 
@@ -65,6 +67,7 @@ def add_recommend_parser(sub):
                           "catalogues)")
     rec.add_argument("--include-seen", action="store_true",
                      help="do not exclude items the user already interacted with")
+    _add_settings_args(rec)
     _add_cache_args(rec)
     rec.set_defaults(func=commands.cmd_recommend)
 
@@ -78,28 +81,33 @@ def add_train_parser(sub):
     _add_model_arg(train)
     _add_data_args(train)
     train.add_argument("--out", required=True, help="model directory to write")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--temperature", type=float, default=defaults.temperature)
-    train.add_argument("--train-layers", type=int, default=defaults.train_layers,
+    # Defaults are None: a flag given overrides --config/--set, one left out does not.
+    train.add_argument("--epochs", type=int, help=f"(default {defaults.epochs})")
+    train.add_argument("--batch-size", type=int, help=f"(default {defaults.batch_size})")
+    train.add_argument("--learning-rate", type=float,
+                       help=f"(default {defaults.learning_rate:g})")
+    train.add_argument("--temperature", type=float, help=f"(default {defaults.temperature:g})")
+    train.add_argument("--train-layers", type=int,
                        help="fine-tune the top N encoder layers (default 0: frozen encoder, "
                             "fast on CPU)")
-    train.add_argument("--extra-negatives", type=int, default=defaults.extra_negatives,
-                       help="random negatives per batch besides the in-batch ones")
+    train.add_argument("--extra-negatives", type=int,
+                       help=f"random negatives per batch besides the in-batch ones (default "
+                            f"{defaults.extra_negatives})")
     train.add_argument("--no-logq", action="store_true",
                        help="turn off the log-q popularity correction")
     train.add_argument("--no-id-embeddings", action="store_true",
                        help="text only: no item-id embeddings (no collaborative signal)")
-    train.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
-                       help="softmax (two-tower retrieval), click (num_classes=2 click "
-                            "classifier) or both")
-    train.add_argument("--patience", type=int, default=defaults.patience,
-                       help="epochs without validation gain before stopping")
-    train.add_argument("-k", type=int, default=defaults.k, help="K of validation NDCG@K")
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--objective", choices=OBJECTIVES,
+                       help=f"softmax (two-tower retrieval), click (num_classes=2 click "
+                            f"classifier) or both (default {defaults.objective})")
+    train.add_argument("--patience", type=int,
+                       help=f"epochs without validation gain before stopping (default "
+                            f"{defaults.patience})")
+    train.add_argument("-k", type=int, help=f"K of validation NDCG@K (default {defaults.k})")
+    train.add_argument("--seed", type=int, help=f"(default {defaults.seed})")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --out from its last epoch")
+    _add_settings_args(train)
     _add_cache_args(train)
     train.set_defaults(func=commands.cmd_train)
 
@@ -117,6 +125,7 @@ def add_evaluate_parser(sub):
     ev.add_argument("--dislikes", metavar="FILE",
                     help="JSON Lines of known (user_id, item_id) dislikes for the disliked-items "
                          "rate (default: the items a user rated below the scale's midpoint)")
+    _add_settings_args(ev)
     _add_cache_args(ev)
     ev.set_defaults(func=commands.cmd_evaluate)
 
@@ -226,14 +235,16 @@ def add_export_parser(sub):
 
 def add_request_parser(sub):
     req = sub.add_parser(
-        "request", help="print the TF Serving REST body for a user",
-        description="Build the REST predict body (columnar inputs) for one user with the "
-                    "export's own preprocessing assets; pipe it to curl -d @- "
-                    "http://HOST:8501/v1/models/NAME:predict")
+        "request", help="print the TF Serving REST body for some users (one batched request)",
+        description="Build the REST predict body (columnar inputs) for the chosen users in one "
+                    "batch, with the export's own preprocessing assets; pipe it to curl -d @- "
+                    "http://HOST:8501/v1/models/NAME:predict. Items in the export's catalogue "
+                    "are sent as ids only; --items is needed only for items it lacks.")
     req.add_argument("--export", required=True, metavar="EXPORT_DIR",
                      help="export folder (or one <name>/<version> folder inside it)")
-    _add_data_args(req)
-    req.add_argument("--user", required=True, metavar="ID")
+    _add_data_args(req, items_required=False)
+    req.add_argument("--user", nargs="+", metavar="ID",
+                     help="these users, rows in this order (default: every user, by id)")
     req.add_argument("-k", type=int, default=10)
     req.add_argument("--signature", default="serving_default",
                      choices=("serving_default", "recommend", "user_vector"))
@@ -260,6 +271,63 @@ def add_init_checkpoint_parser(sub):
     init.set_defaults(func=commands.cmd_init_checkpoint)
 
 
+def add_report_parser(sub):
+    rep = sub.add_parser(
+        "report", help="write one self-contained HTML report (data, evaluation, users)",
+        description="One HTML file that opens offline: data set counts, the evaluation "
+                    "against the baselines with a chart, the training curves (if any), and "
+                    "per user the behaviour timeline and the top-K items with each "
+                    "behaviour's share as bars; filter the users by id in the page (or open "
+                    "REPORT.html#q=ID).")
+    _add_model_arg(rep)
+    _add_data_args(rep)
+    rep.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    who = rep.add_mutually_exclusive_group()
+    who.add_argument("--users", type=int, default=100, metavar="N",
+                     help="the first N users by id (default 100)")
+    who.add_argument("--user", nargs="+", metavar="ID", help="these users")
+    rep.add_argument("-k", type=int, default=10, help="items per user (default 10)")
+    rep.add_argument("--explain", type=int, default=5,
+                     help="behaviours shown per recommendation (default 5)")
+    rep.add_argument("--no-evaluation", action="store_true",
+                     help="leave out the evaluation against the baselines (faster)")
+    _add_settings_args(rep)
+    _add_cache_args(rep)
+    rep.set_defaults(func=commands.cmd_report)
+
+
+def add_config_parser(sub):
+    config = sub.add_parser(
+        "config", help="show a model's settings",
+        description="Settings without Python: see --config FILE and --set KEY=VALUE of "
+                    "recommend, train, evaluate and report.")
+    config.set_defaults(func=lambda _: config.print_help() or 2)
+    actions = config.add_subparsers(metavar="ACTION")
+    show = actions.add_parser(
+        "show", help="print a model's effective settings as JSON (a valid --config file)",
+        description="Print the settings a model directory was saved with (defaults for a "
+                    "checkpoint): the model's text, scoring and tower settings, and under "
+                    "'train' what it was trained with; with --config/--set, those applied.")
+    _add_model_arg(show)
+    _add_settings_args(show)
+    show.set_defaults(func=commands.cmd_config_show)
+
+
+def _add_settings_args(parser):
+    """--config FILE and --set KEY=VALUE (see bert_rec/settings.py)."""
+    group = parser.add_argument_group(
+        "settings", "Layers, each overriding the one before: the model's saved settings "
+                    "(defaults for a checkpoint), --config FILE, --set, the flags above. "
+                    "`bert-rec config show --model DIR` prints them.")
+    group.add_argument("--config", metavar="FILE",
+                       help="JSON settings file: scoring (behaviour weights, half-life, rating "
+                            "scale, text weight, history length), text (stopwords, user "
+                            "dictionary), whitening, and a 'train' section")
+    group.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                       help="one setting, e.g. scoring.half_life_days=7 or train.epochs=5 "
+                            "(VALUE is JSON, else text)")
+
+
 def _add_model_arg(parser):
     parser.add_argument("--model", required=True,
                         help="Google-format BERT checkpoint directory (zero-shot) or a bert_rec "
@@ -272,8 +340,9 @@ def _add_output_args(parser):
                         help="write here (atomically) instead of stdout")
 
 
-def _add_data_args(parser):
-    parser.add_argument("--items", required=True, help="item catalogue (.jsonl/.csv[.gz])")
+def _add_data_args(parser, items_required=True):
+    parser.add_argument("--items", required=items_required,
+                        help="item catalogue (.jsonl/.csv[.gz])")
     parser.add_argument("--behaviors", required=True, help="behaviour log (.jsonl/.csv[.gz])")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad input rows: stop with a message (default) or skip and count")

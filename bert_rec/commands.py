@@ -4,18 +4,20 @@ Inputs are read and validated before any model loads; TensorFlow is imported ins
 commands that need it.
 """
 
-import argparse
+import functools
 import json
 import os
 import sys
 import time
 
+from . import settings
 from .config import PretrainConfig, SentimentConfig, TrainConfig
 from .data import DEFAULT_BEHAVIORS, group_by_user, read_behaviors, read_items
 from .explain import format_recommendations
 from .utils import atomic
 from .utils.encode_cache import default_cache_dir
 from .utils.privacy import user_id_hasher
+from .utils.terminal import safe, safe_json
 
 RECOMMEND_CHUNK = 2048  # users recommended (and their results held) at a time
 
@@ -32,21 +34,44 @@ def cache_dir(args):
     return getattr(args, "cache_dir", None) or default_cache_dir()
 
 
-def load_inputs(args):
-    """Read and validate items and behaviours; returns (items, {user: behaviours})."""
+def load_inputs(args, known_item_ids=()):
+    """Read and validate items and behaviours; returns (items, {user: behaviours}).
+
+    Behaviours may refer to the items file's items and ``known_item_ids`` (an export's);
+    without --items, ``known_item_ids=None`` leaves their item ids unchecked here."""
     verbose = getattr(args, "verbose", False)
     salt = getattr(args, "hash_user_ids", None)
-    items, item_report = read_items(args.items, on_error=args.on_error)
+    items, reports = [], []
+    if args.items:
+        items, item_report = read_items(args.items, on_error=args.on_error)
+        reports.append(item_report)
     names = tuple(DEFAULT_BEHAVIORS) + tuple(args.behavior_names or ())
     behaviors, behavior_report = read_behaviors(
         args.behaviors, on_error=args.on_error, behaviors=names,
-        item_ids={item.item_id for item in items}, verbose=verbose,
+        item_ids=None if known_item_ids is None and not args.items else
+        {item.item_id for item in items} | set(known_item_ids or ()), verbose=verbose,
         map_user_id=user_id_hasher(salt) if salt is not None else None)
-    for report in (item_report, behavior_report):
-        print(report.summary(), file=sys.stderr)
+    for report in reports + [behavior_report]:
+        print(safe(report.summary()), file=sys.stderr)
         for example in report.examples if verbose else ():
-            print(f"  skipped: {example}", file=sys.stderr)
+            print(f"  skipped: {safe(example)}", file=sys.stderr)
     return items, group_by_user(behaviors)
+
+
+def requested_settings(args, flags=None):
+    """The setting changes of --config FILE, --set and the command's own ``flags`` (nested,
+    later layers winning), checked before any data or model is read."""
+    changes = settings.merge(
+        settings.load_file(args.config) if getattr(args, "config", None) else {},
+        settings.parse_assignments(getattr(args, "set", None)), flags)
+    settings.check(changes, "the command-line flags")
+    return changes
+
+
+def model_overrides(args, changes):
+    """``Recommender.load`` overrides that apply ``changes`` to the model's saved settings."""
+    from .model_dir import read_config  # noqa: PLC0415  (TensorFlow loads here)
+    return settings.model_overrides(read_config(args.model), changes)
 
 
 def selected_users(args, histories):
@@ -81,16 +106,13 @@ def write_output(text, path):
 def cmd_recommend(args):
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
+    changes = requested_settings(args, _recommend_flags(args))
     items, histories = load_inputs(args)
     histories = _only_selected(args, histories)
     from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
     started = time.time()
-    overrides = {}
-    if args.pooling:
-        overrides["pooling"] = args.pooling
-    if args.include_seen:
-        overrides["scoring"] = {"exclude_seen": False}
-    recommender = Recommender.load(args.model, cache_dir=cache_dir(args), overrides=overrides)
+    recommender = Recommender.load(args.model, cache_dir=cache_dir(args),
+                                   overrides=model_overrides(args, changes))
     recommender.index_items(items).use_index(args.index)
     titles = {item.item_id: item.title for item in items}
     served = []
@@ -103,13 +125,23 @@ def cmd_recommend(args):
             results = recommender.recommend(chunk, k=args.k, explain=args.explain)
             served.append(len(results))
             if args.format == "json":
-                yield "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+                yield "".join(safe_json(r.to_dict()) + "\n" for r in results)
             else:
                 yield ("\n" if start else "") + format_recommendations(results, histories, titles)
 
     write_output(blocks(), args.output)
     print(f"recommended for {sum(served)} user(s) from {len(items)} items in "
           f"{time.time() - started:.1f} s", file=sys.stderr)
+
+
+def _recommend_flags(args):
+    """The settings recommend's own flags set (they override --config and --set)."""
+    flags = {}
+    if args.pooling:
+        flags["pooling"] = args.pooling
+    if args.include_seen:
+        flags["scoring"] = {"exclude_seen": False}
+    return flags
 
 
 def _only_selected(args, histories):
@@ -128,26 +160,38 @@ def _only_selected(args, histories):
 
 
 def cmd_train(args):
+    changes = requested_settings(args, {"train": _train_flags(args)})
+    config = settings.train_config(changes)
     items, histories = load_inputs(args)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        temperature=args.temperature, train_layers=args.train_layers,
-        extra_negatives=args.extra_negatives, logq_correction=not args.no_logq,
-        id_embeddings=not args.no_id_embeddings, objective=args.objective,
-        patience=args.patience, k=args.k, seed=args.seed)
     from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
     started = time.time()
     history, _ = train(args.model, items, histories, args.out, config, resume=args.resume,
-                       cache_dir=cache_dir(args))
+                       cache_dir=cache_dir(args), overrides=model_overrides(args, changes))
     best = max(history, key=lambda h: h["val_ndcg"])
-    print(f"best epoch {best['epoch']}: validation NDCG@{args.k} {best['val_ndcg']:.4f}, "
-          f"HR@{args.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all",
+    print(f"best epoch {best['epoch']}: validation NDCG@{config.k} {best['val_ndcg']:.4f}, "
+          f"HR@{config.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all",
           file=sys.stderr)
     print(f"wrote the model to {args.out} (curves: "
           f"{os.path.join(args.out, STATE_DIR, CURVES_NAME)})", file=sys.stderr)
 
 
+_TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "temperature", "train_layers",
+                "extra_negatives", "objective", "patience", "k", "seed")
+
+
+def _train_flags(args):
+    """The training settings train's own flags set (flags left out are None)."""
+    flags = {name: getattr(args, name) for name in _TRAIN_FLAGS
+             if getattr(args, name) is not None}
+    if args.no_logq:
+        flags["logq_correction"] = False
+    if args.no_id_embeddings:
+        flags["id_embeddings"] = False
+    return flags
+
+
 def cmd_evaluate(args):
+    changes = requested_settings(args)
     items, histories = load_inputs(args)
     from .evaluation import format_metrics, leave_last_out  # noqa: PLC0415
     cases, skipped = leave_last_out(histories)
@@ -156,7 +200,7 @@ def cmd_evaluate(args):
     from .comparison import evaluate_all, plot_results  # noqa: PLC0415
     truth = read_dislikes(args.dislikes, args) if args.dislikes else None
     results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args),
-                           truth=truth)
+                           overrides=model_overrides(args, changes), truth=truth)
     report = {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
               "results": results}
     if args.format == "json":
@@ -291,20 +335,90 @@ def cmd_export(args):
 
 
 def cmd_request(args):
-    items, histories = load_inputs(args)
-    user = selected_users(argparse.Namespace(**{**vars(args), "user": [args.user]}),
-                          histories)[0]
-    if user not in histories:
-        raise UsageError(f"no behaviours for user {args.user} in {args.behaviors}")
-    from .serving import ServingClient, rest_body  # noqa: PLC0415
+    """One REST body for the chosen users (all, by id, without --user)."""
+    from .serving import ServingClient, rest_body  # noqa: PLC0415  (no TensorFlow yet)
     client = ServingClient(args.export)
+    if not args.items and client.export_items is None:
+        raise UsageError(f"{client.path} lists no item ids (exported by an older bert_rec): "
+                         f"pass --items FILE, or export the model again")
+    # without --items, an item the export lacks is reported by the client, with what to do
+    items, histories = load_inputs(args, client.export_items if args.items else None)
+    histories = _only_selected(args, histories) if args.user else dict(sorted(histories.items()))
     by_id = {item.item_id: item for item in items}
-    history = [histories[user]]
+    chosen = list(histories.values())
     if args.signature == "user_vector":
-        inputs = client.user_inputs(history, by_id)
+        inputs = client.user_inputs(chosen, by_id)
     else:
-        inputs = client.recommend_inputs(history, by_id, k=args.k)
-    sys.stdout.write(json.dumps(rest_body(inputs, args.signature), ensure_ascii=False) + "\n")
+        inputs = client.recommend_inputs(chosen, by_id, k=args.k)
+    sys.stdout.write(safe_json(rest_body(inputs, args.signature)) + "\n")
+    users = list(histories)
+    print(safe(f"request for {len(users)} user(s), rows in this order: {', '.join(users[:5])}"
+               f"{' ...' if len(users) > 5 else ''}"), file=sys.stderr)
+
+
+def cmd_report(args):
+    """Recommend for the chosen users, evaluate, and write the HTML report atomically."""
+    if args.k < 1 or args.users < 1:
+        raise UsageError(f"-k and --users must be >= 1, got {args.k} and {args.users}")
+    changes = requested_settings(args)
+    items, histories = load_inputs(args)
+    chosen = (_only_selected(args, histories) if args.user else
+              {u: histories[u] for u in sorted(histories)[:args.users]})
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a directory; give a file name (report.html)")
+    from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads here)
+    from .report import ReportData, UserView, dataset_counts, render, training_history  # noqa
+    overrides = model_overrides(args, changes)
+    recommender = Recommender.load(args.model, cache_dir=cache_dir(args), overrides=overrides)
+    recommender.index_items(items)
+    results = recommender.recommend(chosen, k=args.k, explain=args.explain)
+    evaluation, note = _report_evaluation(args, items, histories, overrides)
+    normalize = functools.lru_cache(maxsize=None)(recommender.encoder.pipeline.normalize)
+    data = ReportData(
+        users=[UserView(r.user_id, histories[r.user_id], r.items) for r in results],
+        titles={item.item_id: item.title for item in items}, clean=normalize,
+        counts=dataset_counts(items, histories), evaluation=evaluation,
+        evaluation_note=note, training=training_history(args.model), k=args.k,
+        sources=[("model", _name(args.model)), ("items", _name(args.items)),
+                 ("behaviours", _name(args.behaviors))])
+    write_output(render(data), args.out)
+
+
+def _name(path):
+    """A path's last part: reports travel, so they don't carry the folders of their inputs."""
+    return os.path.basename(os.path.normpath(path))
+
+
+def _report_evaluation(args, items, histories, overrides):
+    """(the evaluate --format json report or None, why there is none)."""
+    if args.no_evaluation:
+        return None, "Left out (--no-evaluation)."
+    from .evaluation import leave_last_out  # noqa: PLC0415
+    cases, skipped = leave_last_out(histories)
+    if not cases:
+        return None, "No user has 2 distinct items: no leave-last-out evaluation is possible."
+    from .comparison import evaluate_all  # noqa: PLC0415
+    results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args),
+                           overrides=overrides)
+    return {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
+            "results": results}, ""
+
+
+def cmd_config_show(args):
+    """Print the model's settings (+ --config/--set) as JSON: a valid --config file."""
+    changes = requested_settings(args)
+    from .model_dir import read_config  # noqa: PLC0415  (TensorFlow loads here)
+    from .training import STATE_DIR  # noqa: PLC0415
+    base = read_config(args.model)
+    model_config = base.replace(**settings.model_overrides(base, changes))
+    saved = os.path.join(args.model, STATE_DIR, "config.json")
+    trained = None
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
+            trained = settings.apply(TrainConfig(), json.load(f), saved)
+    train = settings.train_config(changes, base=trained) if trained or changes.get(
+        settings.TRAIN_SECTION) else None
+    sys.stdout.write(settings.show(model_config, train))
 
 
 def cmd_init_checkpoint(args):

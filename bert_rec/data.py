@@ -24,6 +24,9 @@ tags        no        JSON: list of strings, or one string ``"a|b|c"``;
                       CSV: one ``|``-separated string ``a|b|c``
 ==========  ========  =======================================================
 
+Ids (item_id, user_id) must not contain control characters (tab and newline included) or
+bidirectional formatting characters (U+202E and friends): such a row is refused
+("control character in id"), since the id would rewrite a terminal or look like another id.
 Each item_id may appear once. An exact repeat of an earlier row is dropped
 (counted as "duplicate"); the same id with different content is an error.
 An item's feature text is its title, text, category and tags joined by spaces.
@@ -87,6 +90,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, TypeVar
 
+from .utils.terminal import first_unsafe
+
 __all__ = [
     "DEFAULT_BEHAVIORS",
     "Behavior",
@@ -122,6 +127,7 @@ UNKNOWN_BEHAVIOR = "unknown behavior"
 UNKNOWN_ITEM = "unknown item_id"
 DUPLICATE_ITEM_ID = "duplicate item_id"
 DUPLICATE = "duplicate"
+CONTROL_IN_ID = "control character in id"
 
 SKIP_HINT = "Fix the row, or rerun with --on-error skip to skip bad rows."
 ENCODING_HINT = "Save the file as UTF-8, or rerun with --on-error skip to skip bad rows."
@@ -446,11 +452,22 @@ def _id_field(record: dict, name: str, show: bool = True) -> str:
     if _is_blank(value):
         raise _RowProblem(MISSING, name, "is missing or empty")
     if isinstance(value, str):
-        return value.strip()
+        return _plain_id(value.strip(), name)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     shown = _show(value) if show else HIDDEN
     raise _RowProblem(WRONG_TYPE, name, f"expected a string or integer, found {_json_kind(value)} {shown}")
+
+
+def _plain_id(value: str, name: str) -> str:
+    """Refuse an id holding a control or bidi formatting character (see utils/terminal.py)."""
+    unsafe = first_unsafe(value)
+    if unsafe:
+        position, code = unsafe
+        raise _RowProblem(CONTROL_IN_ID, name, f"contains the control or bidirectional-formatting "
+                          f"character U+{code:04X} at position {position + 1}; ids must be plain "
+                          f"text (such characters can rewrite a terminal or disguise an id)")
+    return value
 
 
 def _text_field(record: dict, name: str, show: bool = True) -> str:

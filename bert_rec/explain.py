@@ -19,6 +19,8 @@ import datetime
 
 import numpy as np
 
+from .utils.terminal import safe
+
 
 @dataclasses.dataclass
 class Because:
@@ -107,16 +109,17 @@ def format_recommendations(results, histories, titles):
     for result in results:
         history = histories[result.user_id]
         latest = datetime.datetime.fromtimestamp(history[-1].timestamp, datetime.timezone.utc)
-        lines.append(f"user {result.user_id}: {len(history)} behaviours, latest "
+        lines.append(f"user {safe(result.user_id)}: {len(history)} behaviours, latest "
                      f"{latest:%Y-%m-%d %H:%M} UTC")
         for rank, rec in enumerate(result.items, 1):
-            lines.append(f"  {rank:>2}. {rec.score:6.3f}  {rec.item_id:<10} "
+            lines.append(f"  {rank:>2}. {rec.score:6.3f}  {safe(rec.item_id):<10} "
                          f"{_short(rec.title, 30)}")
             for why in rec.because:
                 said = f" \"{_short(why.text, 24)}\"" if why.text else ""
-                verb = VERBS.get(why.behavior, why.behavior)
-                lines.append(f"          {why.share:6.1%}  {_reason(why)}{verb} {why.item_id} "
-                             f"{_short(titles.get(why.item_id, ''), 20)}{said}")
+                verb = safe(VERBS.get(why.behavior, why.behavior))
+                lines.append(f"          {why.share:6.1%}  {_reason(why)}{verb} "
+                             f"{safe(why.item_id)} {_short(titles.get(why.item_id, ''), 20)}"
+                             f"{said}")
         lines.append("")
     return "\n".join(lines)
 
@@ -131,6 +134,7 @@ def _reason(why):
 
 
 def _short(text, width):
-    """Single-line text cut to ``width`` characters with an ellipsis."""
+    """Single-line text cut to ``width`` characters with an ellipsis, control and bidi
+    characters shown as escapes (text from users' data is inert in a terminal)."""
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return safe(text if len(text) <= width else text[:width - 1] + "…")

@@ -19,6 +19,7 @@ from . import model_dir
 from .backend import tf
 from .config import MODEL_CONFIG_NAME
 from .recommend import Recommender
+from .serving import PAD_SCORE
 from .utils.atomic import staged_dir, write_text
 
 # Names of the SavedModel's signature inputs (fixed: clients and bert_rec.serving use them).
@@ -126,7 +127,7 @@ class ServingModule(tf.Module):
         rows = self.item_rows.lookup(candidate_item_ids)  # [B, C]
         candidates = tf.gather(self.item_vectors, tf.maximum(rows, 0))  # [B, C, D]
         scores = self.towers.scorer([profile, candidates])  # [B, C]
-        return {"scores": tf.where(rows >= 0, scores, -np.inf)}  # unknown ids: -inf
+        return {"scores": tf.where(rows >= 0, scores, PAD_SCORE)}  # unknown ids: finite sentinel
 
     def _recommend(self, behavior_token_ids, behavior_item_ids, behavior_weights,
                    behavior_features, exclude_item_ids, k):
@@ -140,7 +141,12 @@ class ServingModule(tf.Module):
         excluded = tf.scatter_nd(index, tf.ones(tf.shape(index)[:1]), tf.shape(scores))
         scores = tf.where(excluded > 0, -np.inf, scores)
         top = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
-        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+        # Fewer than k unseen items: the tail is padded with "" and a finite sentinel (-inf is
+        # not JSON), and num_valid [B] counts the real results.
+        valid = top.values > -np.inf  # [B, k]
+        return {"item_ids": tf.where(valid, tf.gather(self.item_ids, top.indices), ""),
+                "scores": tf.where(valid, top.values, PAD_SCORE),
+                "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
 
 
 def export(model_path, export_dir, name="bert_rec", version=None):
@@ -173,7 +179,8 @@ def _asset_files(model_path, src):
     """Copy the preprocessing files into the folder ``src`` and return their paths."""
     paths = []
     for name in (MODEL_CONFIG_NAME, "vocab.txt", model_dir.STOPWORDS_NAME,
-                 model_dir.USER_DICT_NAME, "bert_config.json", "sentiment.json"):
+                 model_dir.USER_DICT_NAME, "bert_config.json", "sentiment.json",
+                 model_dir.ITEM_VECTOR_IDS_NAME):  # the index's ids: clients send ids only
         path = os.path.join(model_path, name)
         if os.path.isfile(path):
             shutil.copyfile(path, os.path.join(src, name))
@@ -225,14 +232,19 @@ Signatures (all inputs int32 / float32 / string tensors, core TensorFlow ops onl
 
 | signature | inputs | outputs |
 |---|---|---|
-| serving_default = recommend | behavior_token_ids [B,N,L] int32, behavior_item_ids [B,N] string, behavior_weights [B,N] float32 (signed: < 0 for disliked), behavior_features [B,N,3] int32, exclude_item_ids [B,E] string, k [] int32 | item_ids [B,k] string, scores [B,k] float32 |
+| serving_default = recommend | behavior_token_ids [B,N,L] int32, behavior_item_ids [B,N] string, behavior_weights [B,N] float32 (signed: < 0 for disliked), behavior_features [B,N,3] int32, exclude_item_ids [B,E] string, k [] int32 | item_ids [B,k] string, scores [B,k] float32, num_valid [B] int32 |
 | user_vector | the four behavior_* inputs | interest [B,D], dislike [B,D], query [B,D] |
-| score | the four behavior_* inputs, candidate_item_ids [B,C] string | scores [B,C] (-inf for unknown ids) |
+| score | the four behavior_* inputs, candidate_item_ids [B,C] string | scores [B,C] ({PAD_SCORE:g} for unknown ids) |
 | item_vector | token_ids [B,L] int32, segment_ids [B,L] int32 | vector [B,D] |
 | sentiment (with a sentiment head) | token_ids [B,L] int32, segment_ids [B,L] int32 | positive [B] |
 
-Build a request body for one user with
+A user with fewer than k unseen items gets num_valid < k: the tail of item_ids is "" and of
+scores {PAD_SCORE:g} (cosine scores lie in [-1, 1]; -inf would not be valid JSON).
+Units whose item is in the index (assets/item_vectors.ids) need no token ids (send zeros).
 
-    bert-rec request --export . --items items.jsonl --behaviors behaviors.jsonl --user ID -k 10 \\
+Build a request body for some users (all without --user; --items only needed for items the
+export lacks) with
+
+    bert-rec request --export . --behaviors behaviors.jsonl --user ID ... -k 10 \\
         | curl -d @- http://localhost:8501/v1/models/{name}:predict
 """

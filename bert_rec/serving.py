@@ -20,6 +20,11 @@ from .config import MODEL_CONFIG_NAME, ModelConfig
 from .text import TextPipeline
 from .units import pad_units, user_units
 
+# Score of padding (fewer than k unseen items) and of unknown candidate ids in an export's
+# answers: finite, since -inf is not JSON, and far below any cosine (which lies in [-1, 1]).
+PAD_SCORE = -1e9
+ITEM_IDS_ASSET = "item_vectors.ids"  # the export's item index, one id per line
+
 
 def version_dir(export_path):
     """A SavedModel version folder: ``export_path`` itself, its newest ``<version>`` (a model
@@ -65,16 +70,21 @@ class ServingClient:
         self._sentiment = None  # the export's sentiment signature, loaded when first needed
         with open(os.path.join(assets, "bert_config.json"), encoding="utf-8") as f:
             self.max_position = int(json.load(f).get("max_position_embeddings", 512))
+        # Items the export's index holds: a request sends only their ids. None: an export from
+        # before the list was saved, whose requests carry every item's tokens.
+        self.export_items = _read_ids(os.path.join(assets, ITEM_IDS_ASSET))
 
-    def user_inputs(self, histories, items_by_id):
+    def user_inputs(self, histories, items_by_id=None):
         """Time-sorted behaviour lists [B] -> behavior_token_ids / _item_ids / _weights /
         _features.
 
         Units are exactly ``units.user_units``'s: each of the latest ``max_history``
-        behaviours gives its item (by id, with the item's text tokens for items the export's
-        index lacks) and, when its text cleans to something, the text; weights are signed by
-        ratings and, when the export has a sentiment head, by the texts' sentiment.
+        behaviours gives its item (by id; token ids only for an item the export's index lacks,
+        whose text must be in ``items_by_id``) and, when its text cleans to something, the text;
+        weights are signed by ratings and, when the export has a sentiment head, by the texts'
+        sentiment.
         """
+        items_by_id = items_by_id or {}
         sources, item_rows = [], {}
         for behaviors in histories:
             for b in behaviors:
@@ -92,7 +102,7 @@ class ServingClient:
         units = [user_units(h, self.config.scoring, item_rows, text_rows, opinion)
                  for h in histories]
         rows, weights, features = pad_units(units)  # [B, N], [B, N], [B, N, 3]
-        length = max((len(tokens[r]) for r in rows.ravel()), default=2)
+        length = max(max((len(tokens[r]) for r in rows.ravel()), default=1), 1)
         token_ids = np.zeros(rows.shape + (length,), np.int32)  # [B, N, L]
         item_ids = np.full(rows.shape, "", dtype=object)  # [B, N]
         for (b, n), row in np.ndenumerate(rows):
@@ -132,19 +142,23 @@ class ServingClient:
         """Token ids of each unit source: item feature texts and cleaned behaviour texts."""
         item_len = min(self.config.item_max_len, self.max_position)
         text_len = min(self.config.text_max_len, self.max_position)
-        items = [value for kind, value in sources if kind == "item"]
+        known = self.export_items or frozenset()
+        items = [value for kind, value in sources if kind == "item" and value not in known]
         missing = [i for i in items if i not in items_by_id]
         if missing:
-            raise ValueError(f"behaviours refer to item(s) {', '.join(missing[:5])} that are not "
-                             f"in the items file: pass the catalogue the behaviours come from")
+            where = ("neither in the export's catalogue nor in the items file" if known else
+                     "not in the items file")
+            raise ValueError(f"behaviours refer to item(s) {', '.join(missing[:5])} that are "
+                             f"{where}: pass --items with the catalogue the behaviours come from")
         item_texts = self.pipeline.clean_many([items_by_id[i].full_text() for i in items])
         item_tokens = iter(self.encode(item_texts, item_len))
         texts = [value for kind, value in sources if kind == "text"]
         text_tokens = iter(self.encode(texts, text_len))
-        return [next(item_tokens) if kind == "item" else next(text_tokens)
-                for kind, _ in sources]
+        return [[] if kind == "item" and value in known else
+                next(item_tokens) if kind == "item" else next(text_tokens)
+                for kind, value in sources]
 
-    def recommend_inputs(self, histories, items_by_id, k=10):
+    def recommend_inputs(self, histories, items_by_id=None, k=10):
         """Inputs of the ``recommend`` / ``serving_default`` signature."""
         inputs = self.user_inputs(histories, items_by_id)
         seen = [list(dict.fromkeys(b.item_id for b in h)) if self.config.scoring.exclude_seen
@@ -161,6 +175,23 @@ def rest_body(inputs, signature="serving_default"):
     """TF Serving REST predict body in columnar form."""
     return {"signature_name": signature,
             "inputs": {name: np.asarray(value).tolist() for name, value in inputs.items()}}
+
+
+def recommendations(response):
+    """[(item_id, score), ...] per user from a ``recommend`` answer: the REST columnar
+    ``{"outputs": {...}}`` or row ``{"predictions": [...]}`` form; padding dropped."""
+    if "outputs" in response:
+        out = response["outputs"]
+        rows = zip(out["item_ids"], out["scores"], out.get("num_valid", [None] * len(
+            out["scores"])))
+    else:
+        rows = ((p["item_ids"], p["scores"], p.get("num_valid")) for p in response["predictions"])
+    result = []
+    for ids, scores, valid in rows:
+        if valid is None:  # an export from before num_valid: padding scored -inf
+            valid = sum(s > PAD_SCORE for s in scores)
+        result.append([(str(i), float(s)) for i, s in zip(ids[:valid], scores[:valid])])
+    return result
 
 
 def predict_request(inputs, model_name, signature="serving_default"):
@@ -190,3 +221,11 @@ def _pad(texts, encode, max_len):
 
 def _existing(path):
     return path if os.path.isfile(path) else None
+
+
+def _read_ids(path):
+    """The ids listed in ``path``, one a line (None if there is no such file)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return frozenset(line.rstrip("\n") for line in f if line.strip())

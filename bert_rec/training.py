@@ -450,12 +450,11 @@ def train(model_path, items, histories, out_dir, config=None, resume=False, log=
 
     Returns (history, test-split Recommender). The model directory keeps ``training/`` (state,
     history, curves) beside the model files. ``cache_dir``: the encode cache, used while the
-    encoder is the checkpoint's (always with ``train_layers=0``). ``overrides``: model settings
-    (``ModelConfig.replace`` changes, e.g. ``{"scoring": {"polarity": "off"}}``).
+    encoder is the checkpoint's (always with ``train_layers=0``). ``overrides``: settings of the
+    model (scoring, text, ...) as for ``Recommender.load``; the model directory saves them.
     """
     config = config or TrainConfig()
-    base = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir,
-                            overrides=overrides)
+    base = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir, overrides=overrides)
     trainer = Trainer(base, items, histories, config, log=log)
     print(f"training on {len(trainer.examples)} examples from {len(trainer.val_cases)} users "
           f"({trainer.skipped} skipped), validating on their last-but-one items", file=log)

@@ -125,7 +125,7 @@ def test_train_then_evaluate_json_and_plot(tiny_ckpt, tmp_path, capsys):
     assert report["k"] == 5 and report["users_evaluated"] == 16 and report["users_skipped"] == 0
     assert set(report["results"]) == {"bert_rec", "popularity", "itemknn", "tfidf", "zero_shot"}
     for metrics in report["results"].values():
-        assert set(metrics) == {"hr", "ndcg", "mrr", "coverage"}
+        assert set(metrics) == {"hr", "ndcg", "mrr", "coverage", "disliked"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
     with open(plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

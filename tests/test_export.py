@@ -16,7 +16,7 @@ from bert_rec.data import Behavior
 from bert_rec.export import export
 from bert_rec.config import TrainConfig
 from bert_rec.recommend import Recommender
-from bert_rec.serving import ServingClient, predict_request, rest_body
+from bert_rec.serving import PAD_SCORE, ServingClient, predict_request, rest_body
 from bert_rec.training import train
 from bert_rec.units import pad_units, user_units
 
@@ -89,7 +89,7 @@ def test_export_layout_and_core_ops_only(trained):
     assert 'name: "recs"' in config and 'base_path: "/models/recs"' in config
     assert "docker run" in open(os.path.join(export_dir, "README.md"), encoding="utf-8").read()
     assert sorted(os.listdir(os.path.join(version, "assets"))) == [
-        "bert_config.json", "bert_rec.json", "stopwords.txt", "vocab.txt"]
+        "bert_config.json", "bert_rec.json", "item_vectors.ids", "stopwords.txt", "vocab.txt"]
     from tensorflow.core.protobuf import saved_model_pb2
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(version, "saved_model.pb"), "rb") as f:
@@ -152,18 +152,22 @@ def test_fresh_process_serves_what_recommend_gives(trained, tmp_path):
 
     expected = rec.recommend(dict(zip(users, hist)), k=5)
     for row, want in enumerate(expected):
-        got = [(i, s) for i, s in zip(served["recommend"]["item_ids"][row],
-                                      served["recommend"]["scores"][row]) if s > -np.inf]
+        valid = served["recommend"]["num_valid"][row]
+        got = list(zip(served["recommend"]["item_ids"][row][:valid],
+                       served["recommend"]["scores"][row][:valid]))
         assert [i for i, _ in got] == [r.item_id for r in want.items]
         np.testing.assert_allclose([s for _, s in got], [r.score for r in want.items], atol=1e-5)
-    edge = served["recommend"]["scores"][users.index("edge")]
-    assert np.isfinite(edge[:4]).all() and edge[4] == -np.inf  # only 4 unseen items left
+    edge = users.index("edge")  # only 4 unseen items left: a padded, finite tail
+    assert served["recommend"]["num_valid"][edge] == 4
+    assert np.isfinite(served["recommend"]["scores"]).all()
+    assert served["recommend"]["scores"][edge][4] == PAD_SCORE
+    assert served["recommend"]["item_ids"][edge][4] == ""
     [(_, _, _, interest, scores)] = list(rec._user_blocks(hist))
     np.testing.assert_allclose(served["user_vector"]["interest"], interest[:, 0], atol=1e-5)
     np.testing.assert_allclose(served["user_vector"]["dislike"], interest[:, 1], atol=1e-5)
     np.testing.assert_allclose(np.array(served["score"]["scores"])[:, :4], scores[:, :4],
                                atol=1e-5)
-    assert all(s[4] == -np.inf for s in served["score"]["scores"])
+    assert all(s[4] == PAD_SCORE for s in served["score"]["scores"])  # unknown id
     raw = rec.encoder.encode([i.full_text() for i in items[:3]], max_len=rec.config.item_max_len)
     np.testing.assert_allclose(served["item_vector"]["vector"], rec.towers.project(raw),
                                atol=1e-5)

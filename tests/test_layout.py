@@ -68,7 +68,8 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("module", [
     "bert_rec", "bert_rec.data", "bert_rec.text", "bert_rec.units", "bert_rec.explain",
     "bert_rec.config", "bert_rec.evaluation", "bert_rec.serving", "bert_rec.retrieval",
-    "bert_rec.cli", "bert_rec.commands", "bert_rec.utils.atomic", "bert_rec.utils.encode_cache"])
+    "bert_rec.cli", "bert_rec.commands", "bert_rec.utils.atomic", "bert_rec.utils.encode_cache",
+    "bert_rec.settings", "bert_rec.report", "bert_rec.report_svg", "bert_rec.utils.terminal"])
 def test_module_loads_no_tensorflow(module):
     code = (f"import sys, {module}; bad = [m for m in ('tensorflow', 'tf_keras', 'bert4keras') "
             f"if m in sys.modules]; assert not bad, bad")

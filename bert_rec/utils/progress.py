@@ -9,6 +9,8 @@ import sys
 
 from tqdm import tqdm
 
+from .terminal import safe
+
 
 def enabled():
     """Progress bars show when BERT_REC_PROGRESS isn't '0' and stderr is a terminal (or =1)."""
@@ -20,5 +22,5 @@ def enabled():
 
 def progress_bar(total=None, desc=None, unit="it"):
     """A tqdm bar that stays silent for jobs under ~2 s and when progress is disabled."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=0.5,
+    return tqdm(total=total, desc=safe(desc) if desc else desc, unit=unit, disable=not enabled(), mininterval=0.5,
                 delay=2.0, leave=False, file=sys.stderr, dynamic_ncols=True)
