@@ -1,6 +1,6 @@
-# make demo  - set up .venv if needed, then on the bundled sample data: fine-tune briefly,
-#              evaluate against the baselines, print explained recommendations and write
-#              out/demo/report.html
+# make demo  - set up .venv if needed, then on the bundled sample data: train the sentiment head
+#              on the log's rated comments, fine-tune briefly, evaluate against the baselines,
+#              print explained recommendations and write out/demo/report.html
 # make test  - set up .venv if needed, then run the test suite
 # make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~45 min on 2 cores);
 #              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
@@ -30,8 +30,11 @@ DEMO_OUT := out/demo
 
 demo: install
 	rm -rf $(DEMO_OUT)  # the demo's own output from an earlier run
-	$(BIN)/bert-rec train --model $(CKPT) $(DATA) --out $(DEMO_OUT)/model
-	$(BIN)/bert-rec evaluate --model $(DEMO_OUT)/model $(DATA) --plot $(DEMO_OUT)/evaluation.png
+	$(BIN)/bert-rec train-sentiment --model $(CKPT) --behaviors $(SAMPLE)/behaviors.jsonl \
+		--out $(DEMO_OUT)/sentiment --train-layers -1 --epochs 8 --learning-rate 2e-4 --max-len 64
+	$(BIN)/bert-rec train --model $(DEMO_OUT)/sentiment $(DATA) --out $(DEMO_OUT)/model
+	$(BIN)/bert-rec evaluate --model $(DEMO_OUT)/model $(DATA) --dislikes $(SAMPLE)/dislikes.jsonl \
+		--plot $(DEMO_OUT)/evaluation.png
 	$(BIN)/bert-rec recommend --model $(DEMO_OUT)/model $(DATA) --user u0001 u0002 u0003 -k 5
 	$(BIN)/bert-rec report --model $(DEMO_OUT)/model $(DATA) --out $(DEMO_OUT)/report.html
 
