@@ -11,7 +11,9 @@ Splits, each trained and tested in this run with the same examples for both meth
 - ``cross-domain (test X)``: trained on the two other domains, tested on X.
 Training sets are capped at ``--max-train`` examples (seeded sample), test sets at
 ``--max-test``. bert_rec: ``SentimentClassifier`` on the shipped checkpoint, top
-``--train-layers`` layers fine-tuned, best epoch by AUC on 5% of the training examples.
+``--train-layers`` layers fine-tuned, best epoch by AUC on 5% of the training examples; with
+``--adapt-epochs N`` the checkpoint first continues masked-LM pretraining on the training
+reviews' text (domain-adaptive pretraining: ``bert-rec pretrain --init CKPT --corpus FILE``).
 Baseline: scikit-learn TfidfVectorizer over the same jieba words (unigrams + bigrams,
 sublinear tf) + LogisticRegression.
 
@@ -85,15 +87,30 @@ def tfidf_baseline(train, test, words):
             time.time() - started)
 
 
+def adapted_checkpoint(texts, args, work):
+    """The checkpoint after ``--adapt-epochs`` of masked-LM on the training reviews (their text
+    only: domain-adaptive pretraining, as ``bert-rec pretrain --init CKPT --corpus FILE``)."""
+    from bert_rec.config import PretrainConfig
+    from bert_rec.pretraining import pretrain
+    out = os.path.join(work, "adapted")
+    config = PretrainConfig(init_checkpoint=args.checkpoint, epochs=args.adapt_epochs,
+                            max_len=args.max_len, batch_size=64, learning_rate=1e-4)
+    pretrain([], (), out, config, corpus=texts, log=sys.stderr)
+    return out
+
+
 def bert_rec(train, test, args, work):
     """(accuracy, AUC, seconds, best epoch) of the sentiment head fine-tuned on ``train``."""
     from bert_rec.config import SentimentConfig
     from bert_rec.sentiment import train_sentiment
     started = time.time()
+    checkpoint = args.checkpoint
+    if args.adapt_epochs:
+        checkpoint = adapted_checkpoint(train[0], args, work)
     config = SentimentConfig(train_layers=args.train_layers, epochs=args.epochs,
                              batch_size=args.batch_size, learning_rate=args.learning_rate,
                              max_len=args.max_len, validation_fraction=0.05)
-    clf = train_sentiment(args.checkpoint, train[0], train[1], os.path.join(work, "m"), config,
+    clf = train_sentiment(checkpoint, train[0], train[1], os.path.join(work, "m"), config,
                           log=sys.stderr)
     metrics = clf.evaluate(test[0], test[1])
     return metrics["accuracy"], metrics["auc"], time.time() - started, clf.meta["validation"]
@@ -110,6 +127,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--train-layers", type=int, default=-1)
     parser.add_argument("--max-len", type=int, default=128)
+    parser.add_argument("--adapt-epochs", type=int, default=0,
+                        help="first continue masked-LM pretraining on the training reviews' text")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data):
         print(f"bench/sentiment.py: {args.data} not found (the reviews are read from ../shared "

@@ -6,7 +6,7 @@ models built from the previous default (strict stopword list, every behaviour co
 interest, attention user tower, the previous checkpoint) with one new part at a time — the
 cleaning that keeps negations, signed polarity (ratings + a sentiment head trained on the
 log's own rated comments from the training split), the sequence tower, the new checkpoint —
-and all of them together. Every row is evaluated leave-last-out (full ranking, K=10) with the
+and all of them together; also both ends without item-id embeddings (text only). Every row is evaluated leave-last-out (full ranking, K=10) with the
 disliked-items rate against the simulator's ground truth (`dislikes.jsonl`).
 
     python scripts/measure_understanding.py [--sets sample heldout] \
@@ -32,16 +32,19 @@ BLIND = {"scoring": {"polarity": "off"}}
 
 
 def variants(previous, current):
-    """name -> (checkpoint, model overrides, user tower, sentiment head)."""
+    """name -> (checkpoint, model overrides, train settings, sentiment head)."""
     before = {**STRICT, **BLIND}
+    sequence, text_only = {"user_tower": "sequence"}, {"id_embeddings": False}
     return {
-        "previous default": (previous, before, "attention", False),
-        "+ cleaning keeps negations": (previous, BLIND, "attention", False),
-        "+ signed polarity (ratings + sentiment head)": (previous, STRICT, "attention", True),
-        "+ sequence tower": (previous, before, "sequence", False),
-        "+ new checkpoint": (current, before, "attention", False),
-        "all, attention tower": (current, {}, "attention", True),
-        "all, sequence tower": (current, {}, "sequence", True),
+        "previous default": (previous, before, {}, False),
+        "+ cleaning keeps negations": (previous, BLIND, {}, False),
+        "+ signed polarity (ratings + sentiment head)": (previous, STRICT, {}, True),
+        "+ sequence tower": (previous, before, sequence, False),
+        "+ new checkpoint": (current, before, {}, False),
+        "all, attention tower": (current, {}, {}, True),
+        "all, sequence tower": (current, {}, sequence, True),
+        "previous default, text only (no item ids)": (previous, before, text_only, False),
+        "all, text only (no item ids)": (current, {}, text_only, True),
     }
 
 
@@ -81,15 +84,15 @@ def run_set(name, args, work):
         rec = Recommender.load(ckpt, overrides=STRICT if ckpt == args.previous else None)
         rows[label] = evaluate_model(rec.index_items(items), cases, items, 10, probe)
     notes = {}
-    for label, (ckpt, overrides, tower, with_sentiment) in variants(args.previous,
-                                                                  args.checkpoint).items():
+    for label, (ckpt, overrides, settings, with_sentiment) in variants(args.previous,
+                                                                     args.checkpoint).items():
         started = time.time()
         model = ckpt
         if with_sentiment:
             model, notes[label] = sentiment_model(ckpt, histories, overrides,
                                                   os.path.join(work, f"{name}-{len(rows)}-s"))
         _, rec = train(model, items, histories, os.path.join(work, f"{name}-{len(rows)}"),
-                       TrainConfig(user_tower=tower), log=open(os.devnull, "w"),
+                       TrainConfig(**settings), log=open(os.devnull, "w"),
                        overrides=overrides)
         rows[label] = evaluate_model(rec, cases, items, 10, probe)
         rows[label]["seconds"] = round(time.time() - started, 1)
