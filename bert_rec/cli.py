@@ -9,7 +9,7 @@ import sys
 from . import commands
 from .commands import UsageError
 from .config import (CONTINUE_LEARNING_RATE, OBJECTIVES, POOLINGS, SCRATCH_LEARNING_RATE,
-                     PretrainConfig, SentimentConfig, TrainConfig)
+                     TRUNCATIONS, PretrainConfig, SentimentConfig, TrainConfig)
 from .data import DEFAULT_BEHAVIORS, InputError
 from .retrieval import BACKENDS as INDEX_BACKENDS
 from .utils.encode_cache import ENV_VAR as CACHE_ENV_VAR
@@ -152,6 +152,9 @@ def add_train_sentiment_parser(sub):
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     p.add_argument("--max-len", type=int, default=defaults.max_len)
+    p.add_argument("--truncation", choices=TRUNCATIONS, default=defaults.truncation,
+                   help="a text over --max-len tokens keeps its start (head) or its first "
+                        "quarter and its end (head_tail)")
     p.add_argument("--positive-rating", type=float, default=defaults.positive_rating)
     p.add_argument("--negative-rating", type=float, default=defaults.negative_rating)
     p.add_argument("--seed", type=int, default=defaults.seed)

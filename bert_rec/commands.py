@@ -235,7 +235,7 @@ def cmd_train_sentiment(args):
                          "--behaviors FILE (rated comments)")
     config = SentimentConfig(
         train_layers=args.train_layers, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, max_len=args.max_len,
+        learning_rate=args.learning_rate, max_len=args.max_len, truncation=args.truncation,
         positive_rating=args.positive_rating, negative_rating=args.negative_rating,
         seed=args.seed)
     from .sentiment import log_labels, read_labelled, train_sentiment  # noqa: PLC0415

@@ -15,6 +15,7 @@ MODEL_CONFIG_NAME = "bert_rec.json"
 FORMAT_VERSION = 1
 WHITENINGS = ("none", "center", "whiten")
 POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
+TRUNCATIONS = ("head", "head_tail")  # how a text longer than max_len is cut (tokenization.py)
 # Weight of each behaviour type in the user's interest (and in the baselines' profiles).
 DEFAULT_BEHAVIOR_WEIGHTS = {"view": 1.0, "click": 2.0, "rate": 3.0, "comment": 3.0}
 
@@ -262,7 +263,9 @@ class PretrainConfig:
 class SentimentConfig:
     """Hyper-parameters of ``bert-rec train-sentiment`` (saved in ``sentiment.json``).
 
-    ``train_layers``: top transformer layers fine-tuned (-1: all). Labels from the log: a text
+    ``train_layers``: top transformer layers fine-tuned (-1: all). ``truncation``: how a
+    text longer than ``max_len`` tokens is cut (``head``: its start; ``head_tail``: its first
+    quarter and its end, see ``tokenization.encode_texts``). Labels from the log: a text
     on an item its writer rated ``>= positive_rating`` is positive, ``<= negative_rating``
     negative. ``validation_fraction`` of the examples (seeded) pick the best epoch (AUC).
     """
@@ -271,6 +274,7 @@ class SentimentConfig:
     batch_size: int = 32
     learning_rate: float = 5e-5
     max_len: int = 128
+    truncation: str = "head"
     validation_fraction: float = 0.1
     positive_rating: float = 4.0
     negative_rating: float = 2.0
@@ -282,6 +286,9 @@ class SentimentConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got "
+                             f"{self.truncation!r}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got "
                              f"{self.validation_fraction}")

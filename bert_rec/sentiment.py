@@ -97,9 +97,10 @@ class SentimentClassifier:
     """P(positive) of texts with a BERT whose top ``train_layers`` layers are fine-tuned."""
 
     def __init__(self, files, pooling="mean", text_config=None, train_layers=2, max_len=128,
-                 batch_size=64):
+                 batch_size=64, truncation="head"):
         self.files = find_checkpoint(files) if isinstance(files, str) else files
         self.pooling, self.max_len, self.batch_size = pooling, max_len, batch_size
+        self.truncation = truncation
         self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
                                      return_keras_model=False)
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
@@ -133,7 +134,7 @@ class SentimentClassifier:
         with open(os.path.join(directory, WEIGHTS_NAME), "wb") as f:
             np.savez(f, **arrays)
         meta = {**self.meta, "pooling": self.pooling, "train_layers": self.train_layers,
-                "max_len": self.max_len}
+                "max_len": self.max_len, "truncation": self.truncation}
         with open(os.path.join(directory, META_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
 
@@ -147,7 +148,8 @@ class SentimentClassifier:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{meta_path}: cannot read ({e}); train the head again with "
                                   f"bert-rec train-sentiment") from None
-        clf = cls(path, meta["pooling"], text_config, meta["train_layers"], meta["max_len"])
+        clf = cls(path, meta["pooling"], text_config, meta["train_layers"], meta["max_len"],
+                  truncation=meta.get("truncation", "head"))
         arrays = read_arrays(os.path.join(path, WEIGHTS_NAME))
         for layer in clf._trained_layers():
             count = len(layer.get_weights())
@@ -162,8 +164,8 @@ class SentimentClassifier:
     def tokens(self, texts, clean=True):
         """Texts -> token-id lists (cleaned like every encoder input unless ``clean=False``)."""
         cleaned = self.pipeline.clean_many(texts) if clean else list(texts)
-        return encode_texts(self.tokenizer, cleaned, min(self.max_len,
-                                                         self.files.max_position))
+        return encode_texts(self.tokenizer, cleaned, min(self.max_len, self.files.max_position),
+                            self.truncation)
 
     def predict(self, texts, clean=True):
         """P(positive) [N] of texts; each distinct text is run once, in length buckets."""
@@ -259,7 +261,8 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
                          f"with rated comments")
     model_config = model_dir.read_config(model_path).replace(**(overrides or {}))
     clf = SentimentClassifier(find_checkpoint(model_path), model_config.pooling,
-                              model_config.text, config.train_layers, config.max_len)
+                              model_config.text, config.train_layers, config.max_len,
+                              truncation=config.truncation)
     order = np.random.default_rng(config.seed).permutation(len(labels))
     n_val = max(1, int(round(config.validation_fraction * len(labels))))
     val, train = order[:n_val], order[n_val:]

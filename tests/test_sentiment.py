@@ -89,6 +89,7 @@ def test_model_directory_holds_the_head(trained, tiny_ckpt):
     np.testing.assert_allclose(reloaded.predict(texts), clf.predict(texts), atol=1e-6)
     meta = json.load(open(os.path.join(out, "sentiment.json"), encoding="utf-8"))
     assert meta["train_layers"] == 2 and meta["data"] == {"files": ["toy"]}
+    assert meta["truncation"] == "head" and reloaded.truncation == "head"
     rec = Recommender.load(out)
     assert rec.sentiment is not None and not rec.trained
 
@@ -155,3 +156,20 @@ def test_a_complaint_pushes_recommendations_away(trained):
         assert sum(b.share for b in recommended.because) == pytest.approx(1.0, abs=1e-5)
         for because in recommended.because:
             assert because.polarity == ("negative" if because.item_id == "food1" else "neutral")
+
+
+def test_head_tail_truncation_keeps_the_verdict_at_the_end(tiny_ckpt):
+    from bert_rec.checkpoint import find_checkpoint
+    from bert_rec.tokenization import encode_texts, head_tail, load_tokenizer
+    ids = list(range(100, 130))                      # [CLS]=100, body 101..128, [SEP]=129
+    cut = head_tail(ids, 10)                         # room 8: head 2, tail 6
+    assert cut == [100, 101, 102, 123, 124, 125, 126, 127, 128, 129]
+    assert head_tail(ids[:8], 10) == ids[:8]         # short texts are not touched
+    tokenizer = load_tokenizer(find_checkpoint(tiny_ckpt).vocab_path)
+    review = "好看" * 40 + "但是 结局 太差"
+    head, both = (encode_texts(tokenizer, [review], 16, t)[0] for t in ("head", "head_tail"))
+    assert len(head) == len(both) == 16 and head[0] == both[0] and head[-1] == both[-1]
+    verdict = tokenizer.encode("太差")[0][1:-1]
+    assert both[-1 - len(verdict):-1] == verdict and head[-1 - len(verdict):-1] != verdict
+    with pytest.raises(ValueError, match="truncation must be one of head, head_tail"):
+        SentimentConfig(truncation="middle")
