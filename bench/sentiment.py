@@ -110,6 +110,7 @@ def bert_rec(train, test, args, work):
     config = SentimentConfig(train_layers=args.train_layers, epochs=args.epochs,
                              batch_size=args.batch_size, learning_rate=args.learning_rate,
                              max_len=args.max_len, truncation=args.truncation,
+                             ngrams=args.ngrams,
                              validation_fraction=0.05)
     clf = train_sentiment(checkpoint, train[0], train[1], os.path.join(work, "m"), config,
                           log=sys.stderr)
@@ -130,6 +131,8 @@ def main(argv=None):
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--truncation", choices=("head", "head_tail"), default="head",
                         help="how a review longer than --max-len tokens is cut")
+    parser.add_argument("--ngrams", action="store_true",
+                        help="the head stacked on n-grams (SentimentConfig.ngrams)")
     parser.add_argument("--splits", nargs="+", metavar="NAME",
                         help="only the splits whose names contain one of these words "
                              "(e.g. held-out hotel)")

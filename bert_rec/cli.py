@@ -155,6 +155,9 @@ def add_train_sentiment_parser(sub):
     p.add_argument("--truncation", choices=TRUNCATIONS, default=defaults.truncation,
                    help="a text over --max-len tokens keeps its start (head) or its first "
                         "quarter and its end (head_tail)")
+    p.add_argument("--ngrams", action="store_true",
+                   help="stack BERT on a TF-IDF word n-gram logistic regression: BERT learns "
+                        "what the n-grams miss")
     p.add_argument("--positive-rating", type=float, default=defaults.positive_rating)
     p.add_argument("--negative-rating", type=float, default=defaults.negative_rating)
     p.add_argument("--seed", type=int, default=defaults.seed)

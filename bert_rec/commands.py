@@ -236,6 +236,7 @@ def cmd_train_sentiment(args):
     config = SentimentConfig(
         train_layers=args.train_layers, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, max_len=args.max_len, truncation=args.truncation,
+        ngrams=args.ngrams,
         positive_rating=args.positive_rating, negative_rating=args.negative_rating,
         seed=args.seed)
     from .sentiment import log_labels, read_labelled, train_sentiment  # noqa: PLC0415

@@ -265,9 +265,11 @@ class SentimentConfig:
 
     ``train_layers``: top transformer layers fine-tuned (-1: all). ``truncation``: how a
     text longer than ``max_len`` tokens is cut (``head``: its start; ``head_tail``: its first
-    quarter and its end, see ``tokenization.encode_texts``). Labels from the log: a text
-    on an item its writer rated ``>= positive_rating`` is positive, ``<= negative_rating``
-    negative. ``validation_fraction`` of the examples (seeded) pick the best epoch (AUC).
+    quarter and its end, see ``tokenization.encode_texts``). ``ngrams``: stack BERT on a
+    TF-IDF n-gram logistic regression (ngrams.py), so BERT learns what the n-grams miss.
+    Labels from the log: a text on an item its writer rated ``>= positive_rating`` is
+    positive, ``<= negative_rating`` negative. ``validation_fraction`` of the examples
+    (seeded) pick the best epoch (AUC).
     """
     train_layers: int = 2
     epochs: int = 3
@@ -275,6 +277,7 @@ class SentimentConfig:
     learning_rate: float = 5e-5
     max_len: int = 128
     truncation: str = "head"
+    ngrams: bool = False
     validation_fraction: float = 0.1
     positive_rating: float = 4.0
     negative_rating: float = 2.0

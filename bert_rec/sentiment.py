@@ -28,6 +28,8 @@ from .checkpoint import CheckpointError, find_checkpoint, load_bert, read_arrays
 from .data import InputError, iter_records
 from .encoder import plan_batches
 from .models import build_text_encoder, train_top_layers
+from .ngrams import WEIGHTS_NAME as NGRAMS_NAME
+from .ngrams import NgramLogit, out_of_fold_logits
 from .optimization import WarmupLinearDecay, bucketed_batches
 from .text import TextPipeline
 from .tokenization import encode_texts, load_tokenizer, pad_batch
@@ -97,10 +99,11 @@ class SentimentClassifier:
     """P(positive) of texts with a BERT whose top ``train_layers`` layers are fine-tuned."""
 
     def __init__(self, files, pooling="mean", text_config=None, train_layers=2, max_len=128,
-                 batch_size=64, truncation="head"):
+                 batch_size=64, truncation="head", ngrams=False):
         self.files = find_checkpoint(files) if isinstance(files, str) else files
         self.pooling, self.max_len, self.batch_size = pooling, max_len, batch_size
-        self.truncation = truncation
+        self.truncation, self.use_ngrams = truncation, ngrams
+        self.ngrams = None  # the fitted NgramLogit when stacked on n-grams (ngrams.py)
         self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
                                      return_keras_model=False)
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
@@ -134,7 +137,10 @@ class SentimentClassifier:
         with open(os.path.join(directory, WEIGHTS_NAME), "wb") as f:
             np.savez(f, **arrays)
         meta = {**self.meta, "pooling": self.pooling, "train_layers": self.train_layers,
-                "max_len": self.max_len, "truncation": self.truncation}
+                "max_len": self.max_len, "truncation": self.truncation,
+                "ngrams": self.ngrams is not None}
+        if self.ngrams is not None:
+            self.ngrams.save(directory)
         with open(os.path.join(directory, META_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
 
@@ -149,7 +155,9 @@ class SentimentClassifier:
             raise CheckpointError(f"{meta_path}: cannot read ({e}); train the head again with "
                                   f"bert-rec train-sentiment") from None
         clf = cls(path, meta["pooling"], text_config, meta["train_layers"], meta["max_len"],
-                  truncation=meta.get("truncation", "head"))
+                  truncation=meta.get("truncation", "head"), ngrams=meta.get("ngrams", False))
+        if clf.use_ngrams:
+            clf.ngrams = NgramLogit.load(path)
         arrays = read_arrays(os.path.join(path, WEIGHTS_NAME))
         for layer in clf._trained_layers():
             count = len(layer.get_weights())
@@ -175,13 +183,21 @@ class SentimentClassifier:
         cleaned = self.pipeline.clean_many(texts) if clean else texts
         distinct = list(dict.fromkeys(cleaned))
         sequences = self.tokens(distinct, clean=False)
-        positive = np.zeros(len(distinct), np.float32)
+        log_odds = self.offsets(distinct)
         for rows in plan_batches([len(s) for s in sequences], self.batch_size):
             token_ids, segment_ids = pad_batch([sequences[i] for i in rows])
-            logits = self._logits(tf.constant(token_ids), tf.constant(segment_ids))
-            positive[rows] = tf.nn.softmax(logits)[:, 1].numpy()
+            logits = self._logits(tf.constant(token_ids), tf.constant(segment_ids)).numpy()
+            log_odds[rows] += logits[:, 1] - logits[:, 0]
+        positive = (1.0 / (1.0 + np.exp(-log_odds))).astype(np.float32)
         slot = {text: i for i, text in enumerate(distinct)}
         return positive[[slot[t] for t in cleaned]]
+
+    def offsets(self, cleaned):
+        """The n-gram model's log-odds [N] of cleaned texts (zeros without one): what BERT's
+        logit is added to."""
+        if self.ngrams is None:
+            return np.zeros(len(cleaned), np.float32)
+        return self.ngrams.logit([text.split() for text in cleaned])
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, texts, labels, val_texts, val_labels, epochs=3, batch_size=32,
@@ -191,16 +207,24 @@ class SentimentClassifier:
         Returns one dict per epoch (loss, validation accuracy and AUC, seconds).
         """
         keras.utils.set_random_seed(seed)
-        sequences = self.tokens(texts)
+        cleaned = self.pipeline.clean_many(texts)
+        sequences = self.tokens(cleaned, clean=False)
         labels = np.asarray(labels, np.int32)
+        offsets = np.zeros(len(labels), np.float32)
+        if self.use_ngrams:  # BERT learns the residual of out-of-fold n-gram logits
+            self.ngrams, offsets = out_of_fold_logits([t.split() for t in cleaned], labels,
+                                                      seed=seed)
+            self.meta["ngrams_validation_auc"] = roc_auc(
+                val_labels, self.offsets(self.pipeline.clean_many(val_texts)))
         steps = math.ceil(len(sequences) / batch_size) * epochs
         optimizer = keras.optimizers.Adam(WarmupLinearDecay(learning_rate, steps,
                                                             max(1, steps // 10)))
         variables = self.model.trainable_variables
         optimizer.build(variables)
-        step = tf.function(lambda t, s, y: self._train_step(optimizer, variables, t, s, y),
+        step = tf.function(lambda t, s, y, o: self._train_step(optimizer, variables, t, s, y, o),
                            input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2
-                           + [tf.TensorSpec([None], tf.int32)])
+                           + [tf.TensorSpec([None], tf.int32),
+                              tf.TensorSpec([None], tf.float32)])
         rng = np.random.default_rng(seed)
         history, best, best_auc = [], None, -1.0
         with progress_bar(total=steps, desc="training the sentiment head", unit="step") as bar:
@@ -209,7 +233,8 @@ class SentimentClassifier:
                 for rows in bucketed_batches([len(s) for s in sequences], batch_size, rng):
                     token_ids, segment_ids = pad_batch([sequences[i] for i in rows])
                     losses.append(float(step(tf.constant(token_ids), tf.constant(segment_ids),
-                                             tf.constant(labels[rows]))))
+                                             tf.constant(labels[rows]),
+                                             tf.constant(offsets[rows]))))
                     bar.update(1)
                 record = {"epoch": epoch, "loss": float(np.mean(losses)),
                           **self.evaluate(val_texts, val_labels),
@@ -225,9 +250,11 @@ class SentimentClassifier:
             variable.assign(value)
         return history
 
-    def _train_step(self, optimizer, variables, token_ids, segment_ids, labels):
+    def _train_step(self, optimizer, variables, token_ids, segment_ids, labels, offsets):
         with tf.GradientTape() as tape:
-            logits = self.model([token_ids, segment_ids], training=True)
+            logits = self.model([token_ids, segment_ids], training=True)         # [B, 2]
+            # the n-gram log-odds shift the positive class: P = sigmoid(l1 - l0 + offset)
+            logits = logits + tf.stack([tf.zeros_like(offsets), offsets], axis=1)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
@@ -262,7 +289,7 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
     model_config = model_dir.read_config(model_path).replace(**(overrides or {}))
     clf = SentimentClassifier(find_checkpoint(model_path), model_config.pooling,
                               model_config.text, config.train_layers, config.max_len,
-                              truncation=config.truncation)
+                              truncation=config.truncation, ngrams=config.ngrams)
     order = np.random.default_rng(config.seed).permutation(len(labels))
     n_val = max(1, int(round(config.validation_fraction * len(labels))))
     val, train = order[:n_val], order[n_val:]
@@ -270,11 +297,12 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
                       labels[val], epochs=config.epochs, batch_size=config.batch_size,
                       learning_rate=config.learning_rate, seed=config.seed, log=log)
     best = max(history, key=lambda h: -1.0 if math.isnan(h["auc"]) else h["auc"])
-    clf.meta = {"settings": dataclasses.asdict(config), "data": sources or {},
+    clf.meta = {**clf.meta, "settings": dataclasses.asdict(config), "data": sources or {},
                 "examples": {"train": int(len(train)), "validation": int(len(val)),
                              "positive": int(labels.sum())},
                 "history": history, "validation": {k: best[k] for k in ("epoch", "accuracy",
                                                                         "auc")}}
-    model_dir.derive(model_path, out_dir, clf.save_head, replaced=(WEIGHTS_NAME, META_NAME),
+    model_dir.derive(model_path, out_dir, clf.save_head,
+                     replaced=(WEIGHTS_NAME, META_NAME, NGRAMS_NAME),
                      config=model_config)
     return clf

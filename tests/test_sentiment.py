@@ -173,3 +173,49 @@ def test_head_tail_truncation_keeps_the_verdict_at_the_end(tiny_ckpt):
     assert both[-1 - len(verdict):-1] == verdict and head[-1 - len(verdict):-1] != verdict
     with pytest.raises(ValueError, match="truncation must be one of head, head_tail"):
         SentimentConfig(truncation="middle")
+
+
+def test_ngram_model_is_the_baselines_and_round_trips(tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from bert_rec.ngrams import NgramLogit, out_of_fold_logits
+    texts, labels = _toy(200, 3)
+    words = [t.split() for t in texts]
+    model = NgramLogit.fit(words, labels)
+    # bench/sentiment.py's baseline: the same features and classifier, fitted by sklearn
+    baseline = TfidfVectorizer(tokenizer=str.split, lowercase=False, token_pattern=None,
+                               ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    classifier = LogisticRegression(max_iter=2000).fit(baseline.fit_transform(texts), labels)
+    expected = classifier.decision_function(baseline.transform(texts[:50]))
+    np.testing.assert_allclose(model.logit(words[:50]), expected, atol=1e-4)
+    model.save(str(tmp_path))
+    np.testing.assert_allclose(NgramLogit.load(str(tmp_path)).logit(words[:50]),
+                               model.logit(words[:50]), atol=1e-6)
+    full, oof = out_of_fold_logits(words, labels)
+    assert oof.shape == (200,) and np.all(oof != 0)
+    np.testing.assert_allclose(full.logit(words), model.logit(words), atol=1e-6)
+
+
+def test_head_stacked_on_ngrams(tiny_ckpt, tmp_path):
+    texts, labels = _toy(160, 0)
+    out = str(tmp_path / "model")
+    config = SentimentConfig(train_layers=1, epochs=2, batch_size=16, learning_rate=1e-3,
+                             max_len=16, ngrams=True)
+    clf = train_sentiment(tiny_ckpt, texts, labels, out, config)
+    test_texts, test_labels = _toy(80, 1)
+    assert clf.evaluate(test_texts, test_labels)["auc"] > 0.95
+    assert 0.5 < clf.meta["ngrams_validation_auc"] <= 1.0
+    meta = json.load(open(os.path.join(out, "sentiment.json"), encoding="utf-8"))
+    assert meta["ngrams"] is True and os.path.isfile(os.path.join(out, "ngrams.npz"))
+    reloaded = SentimentClassifier.load(out)
+    assert reloaded.ngrams is not None
+    np.testing.assert_allclose(reloaded.predict(test_texts), clf.predict(test_texts), atol=1e-6)
+    # P(positive) is the sigmoid of the n-gram log-odds plus BERT's
+    cleaned = clf.pipeline.clean_many(test_texts[:4])
+    bert_only = clf.ngrams
+    clf.ngrams = None
+    without = clf.predict(test_texts[:4])
+    clf.ngrams = bert_only
+    log_odds = np.log(without / (1 - without)) + bert_only.logit([c.split() for c in cleaned])
+    np.testing.assert_allclose(clf.predict(test_texts[:4]), 1 / (1 + np.exp(-log_odds)),
+                               atol=1e-5)
