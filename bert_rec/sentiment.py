@@ -109,7 +109,10 @@ class SentimentClassifier:
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
         vector = build_text_encoder(self.transformer.model, pooling)([token_ids, segment_ids])
-        logits = keras.layers.Dense(2, name=HEAD_LAYER)(vector)  # [B, 2]
+        # Stacked on n-grams, the head starts at zero: P(positive) is the n-gram model's until
+        # fine-tuning finds what BERT adds (a random start would only add noise to it).
+        start = "zeros" if ngrams else "glorot_uniform"
+        logits = keras.layers.Dense(2, kernel_initializer=start, name=HEAD_LAYER)(vector)  # [B, 2]
         self.model = keras.Model([token_ids, segment_ids], logits, name="sentiment")
         self.pipeline = TextPipeline(text_config) if text_config is not None else TextPipeline()
         self.tokenizer = load_tokenizer(self.files.vocab_path)

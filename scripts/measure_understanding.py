@@ -10,7 +10,7 @@ and all of them together; also both ends without item-id embeddings (text only).
 disliked-items rate against the simulator's ground truth (`dislikes.jsonl`).
 
     python scripts/measure_understanding.py [--sets sample heldout] \
-        [--checkpoint checkpoints/tiny-bert-zh] [--previous checkpoints/tiny-bert-zh-v1] \
+        [--checkpoint checkpoints/small-bert-zh] [--previous checkpoints/tiny-bert-zh] \
         [--out bench/results/understanding.json]
 
 Prints one table per set (README "Understanding") and writes every figure as JSON. Runs in
@@ -113,9 +113,9 @@ def table(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=["sample", "heldout"])
-    parser.add_argument("--checkpoint", default=os.path.join(ROOT, "checkpoints", "tiny-bert-zh"))
-    parser.add_argument("--previous",
-                        default=os.path.join(ROOT, "checkpoints", "tiny-bert-zh-v1"))
+    parser.add_argument("--checkpoint",
+                        default=os.path.join(ROOT, "checkpoints", "small-bert-zh"))
+    parser.add_argument("--previous", default=os.path.join(ROOT, "checkpoints", "tiny-bert-zh"))
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       "understanding.json"))
     args = parser.parse_args(argv)
