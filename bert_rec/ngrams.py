@@ -1,4 +1,4 @@
-"""The n-gram half of the sentiment head: TF-IDF over jieba words + logistic regression (no TF).
+"""The n-gram half of the sentiment head: TF-IDF over jieba words + logistic regression.
 
 A bag of word uni- and bigrams is what the classic sentiment baseline sees, and it is strong on
 in-domain reviews. The sentiment head (sentiment.py) can stack BERT on it: this model's logit

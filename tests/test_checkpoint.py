@@ -95,3 +95,25 @@ def test_mlm_needs_heads(tiny_vocab, tmp_path):
     files = find_checkpoint(path)
     with pytest.raises(CheckpointError, match="no masked-LM head"):
         load_bert(files, with_mlm=True)
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "checkpoints")
+
+
+@pytest.mark.parametrize("name", ["small-bert-zh", "tiny-bert-zh"])
+def test_shipped_checkpoints_load_with_their_heads(name):
+    """The shipped checkpoints validate, hold their MLM head, and are what pretraining.json
+    says they are (the README's table is read off these files)."""
+    import json
+    from bert_rec.checkpoint import has_variable
+    files = find_checkpoint(os.path.join(SHIPPED, name))
+    with open(os.path.join(SHIPPED, name, "pretraining.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    assert summary["config"] == files.config
+    assert has_variable(files.ckpt_prefix, "cls/predictions/output_bias")
+    model = load_bert(files, with_mlm=True)
+    token_ids = np.array([[2, 5, 6, 3]], np.int32)
+    probs = model.predict([token_ids, np.zeros_like(token_ids)], verbose=0)
+    assert probs.shape == (1, 4, files.config["vocab_size"])
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
