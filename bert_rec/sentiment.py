@@ -112,7 +112,8 @@ class SentimentClassifier:
         # Stacked on n-grams, the head starts at zero: P(positive) is the n-gram model's until
         # fine-tuning finds what BERT adds (a random start would only add noise to it).
         start = "zeros" if ngrams else "glorot_uniform"
-        logits = keras.layers.Dense(2, kernel_initializer=start, name=HEAD_LAYER)(vector)  # [B, 2]
+        logits = keras.layers.Dense(2, kernel_initializer=start,
+                                    name=HEAD_LAYER)(vector)                  # [B, 2]
         self.model = keras.Model([token_ids, segment_ids], logits, name="sentiment")
         self.pipeline = TextPipeline(text_config) if text_config is not None else TextPipeline()
         self.tokenizer = load_tokenizer(self.files.vocab_path)
@@ -191,7 +192,7 @@ class SentimentClassifier:
             token_ids, segment_ids = pad_batch([sequences[i] for i in rows])
             logits = self._logits(tf.constant(token_ids), tf.constant(segment_ids)).numpy()
             log_odds[rows] += logits[:, 1] - logits[:, 0]
-        positive = (1.0 / (1.0 + np.exp(-log_odds))).astype(np.float32)
+        positive = (0.5 * (1.0 + np.tanh(0.5 * log_odds))).astype(np.float32)  # sigmoid
         slot = {text: i for i, text in enumerate(distinct)}
         return positive[[slot[t] for t in cleaned]]
 

@@ -219,3 +219,9 @@ def test_head_stacked_on_ngrams(tiny_ckpt, tmp_path):
     log_odds = np.log(without / (1 - without)) + bert_only.logit([c.split() for c in cleaned])
     np.testing.assert_allclose(clf.predict(test_texts[:4]), 1 / (1 + np.exp(-log_odds)),
                                atol=1e-5)
+    # a recommender's model directory written from it keeps the n-gram half
+    items = [Item("a", "这个视频 好看"), Item("b", "小猫 可爱")]
+    saved = Recommender.load(out).index_items(items).save(str(tmp_path / "rec"))
+    again = Recommender.load(saved).sentiment
+    assert again.ngrams is not None
+    np.testing.assert_allclose(again.predict(test_texts), clf.predict(test_texts), atol=1e-6)
