@@ -36,7 +36,8 @@ demo: install
 	$(BIN)/bert-rec evaluate --model $(DEMO_OUT)/model $(DATA) --dislikes $(SAMPLE)/dislikes.jsonl \
 		--plot $(DEMO_OUT)/evaluation.png
 	$(BIN)/bert-rec recommend --model $(DEMO_OUT)/model $(DATA) --user u0001 u0002 u0003 -k 5
-	$(BIN)/bert-rec report --model $(DEMO_OUT)/model $(DATA) --out $(DEMO_OUT)/report.html
+	$(BIN)/bert-rec report --model $(DEMO_OUT)/model $(DATA) --dislikes $(SAMPLE)/dislikes.jsonl \
+		--out $(DEMO_OUT)/report.html
 
 test: install
 	$(BIN)/python -m pytest -q tests

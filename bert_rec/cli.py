@@ -122,9 +122,7 @@ def add_evaluate_parser(sub):
     ev.add_argument("-k", type=int, default=10)
     _add_output_args(ev)
     ev.add_argument("--plot", metavar="FILE", help="also write a bar chart PNG")
-    ev.add_argument("--dislikes", metavar="FILE",
-                    help="JSON Lines of known (user_id, item_id) dislikes for the disliked-items "
-                         "rate (default: the items a user rated below the scale's midpoint)")
+    _add_dislikes_arg(ev)
     _add_settings_args(ev)
     _add_cache_args(ev)
     ev.set_defaults(func=commands.cmd_evaluate)
@@ -277,6 +275,12 @@ def add_init_checkpoint_parser(sub):
     init.set_defaults(func=commands.cmd_init_checkpoint)
 
 
+def _add_dislikes_arg(p):
+    p.add_argument("--dislikes", metavar="FILE",
+                   help="JSON Lines of known (user_id, item_id) dislikes for the disliked-items "
+                        "rate (default: the items a user rated below the scale's midpoint)")
+
+
 def add_report_parser(sub):
     rep = sub.add_parser(
         "report", help="write one self-contained HTML report (data, evaluation, users)",
@@ -297,6 +301,7 @@ def add_report_parser(sub):
                      help="behaviours shown per recommendation (default 5)")
     rep.add_argument("--no-evaluation", action="store_true",
                      help="leave out the evaluation against the baselines (faster)")
+    _add_dislikes_arg(rep)
     _add_settings_args(rep)
     _add_cache_args(rep)
     rep.set_defaults(func=commands.cmd_report)

@@ -399,8 +399,9 @@ def _report_evaluation(args, items, histories, overrides):
     if not cases:
         return None, "No user has 2 distinct items: no leave-last-out evaluation is possible."
     from .comparison import evaluate_all  # noqa: PLC0415
+    truth = read_dislikes(args.dislikes, args) if args.dislikes else None
     results = evaluate_all(args.model, items, cases, k=args.k, cache_dir=cache_dir(args),
-                           overrides=overrides)
+                           overrides=overrides, truth=truth)
     return {"k": args.k, "users_evaluated": len(cases), "users_skipped": skipped,
             "results": results}, ""
 

@@ -159,19 +159,24 @@ def _evaluation(report, note):
     if not report:
         return f'<h3>Evaluation</h3><p class="muted" id="evaluation-note">{_e(note)}</p>'
     k, results = report["k"], report["results"]
-    head = "".join(f'<th class="n">{label}</th>' for label in
-                   (f"HR@{k}", f"NDCG@{k}", "MRR", f"Coverage@{k}"))
+    columns = {"hr": f"HR@{k}", "ndcg": f"NDCG@{k}", "mrr": "MRR", "coverage": f"Coverage@{k}",
+               "disliked": f"Disliked@{k}"}  # disliked: share of top-K like a disliked item
+    keys = [key for key in columns if all(key in m for m in results.values())]
+    head = "".join(f'<th class="n" data-metric="{key}">{columns[key]}</th>' for key in keys)
     rows = "".join(f'<tr data-method="{_e(name)}"><th>{_e(name)}</th>' + "".join(
-        f'<td class="n">{m[key]:.4f}</td>' for key in ("hr", "ndcg", "mrr", "coverage"))
+        f'<td class="n">{m[key]:.4f}</td>' for key in keys)
         + "</tr>" for name, m in results.items())
     chart = grouped_bars(list(results), [f"HR@{k}", f"NDCG@{k}", "MRR"],
                          [[m["hr"], m["ndcg"], m["mrr"]] for m in results.values()],
                          f"leave-last-out, {report['users_evaluated']} users, full ranking")
+    disliked = (f" Disliked@{k}: the share of the top {k} items whose closest history item "
+                f"(TF-IDF) the user disliked; lower is better." if "disliked" in keys else "")
     return (f'<h3>Evaluation against the baselines</h3><p class="muted">Per user the last '
             f'distinct item is the target and everything before it the history; every '
             f'catalogue item outside the history is a candidate. {report["users_evaluated"]} '
             f'users evaluated, {report["users_skipped"]} skipped (fewer than 2 distinct '
-            f'items).</p><div class="grid2"><table id="evaluation"><thead><tr><th>method</th>'
+            f'items).{disliked}</p><div class="grid2"><table id="evaluation"><thead><tr>'
+            f'<th>method</th>'
             f'{head}</tr></thead><tbody>{rows}</tbody></table>{chart}</div>')
 
 

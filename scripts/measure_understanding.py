@@ -48,14 +48,15 @@ def variants(previous, current):
     }
 
 
-def sentiment_model(checkpoint, histories, overrides, out):
+def sentiment_model(checkpoint, histories, overrides, out, seed=0):
     """A model directory with a sentiment head trained on the training split's rated comments."""
     from bert_rec.config import SentimentConfig
     from bert_rec.sentiment import log_labels, train_sentiment
     from bert_rec.training import split_for_training
     _, val_cases, _, _ = split_for_training(histories)
     texts, labels = log_labels([b for case in val_cases for b in case.history])
-    config = SentimentConfig(train_layers=-1, epochs=8, learning_rate=2e-4, max_len=64)
+    config = SentimentConfig(train_layers=-1, epochs=8, learning_rate=2e-4, max_len=64,
+                             seed=seed)
     clf = train_sentiment(checkpoint, texts, labels, out, config,
                           {"behaviors": "training split", "log_examples": len(texts)},
                           overrides=overrides)
@@ -84,20 +85,29 @@ def run_set(name, args, work):
         rec = Recommender.load(ckpt, overrides=STRICT if ckpt == args.previous else None)
         rows[label] = evaluate_model(rec.index_items(items), cases, items, 10, probe)
     notes = {}
-    for label, (ckpt, overrides, settings, with_sentiment) in variants(args.previous,
-                                                                     args.checkpoint).items():
-        started = time.time()
-        model = ckpt
-        if with_sentiment:
-            model, notes[label] = sentiment_model(ckpt, histories, overrides,
-                                                  os.path.join(work, f"{name}-{len(rows)}-s"))
-        _, rec = train(model, items, histories, os.path.join(work, f"{name}-{len(rows)}"),
-                       TrainConfig(**settings), log=open(os.devnull, "w"),
-                       overrides=overrides)
-        rows[label] = evaluate_model(rec, cases, items, 10, probe)
-        rows[label]["seconds"] = round(time.time() - started, 1)
-        print(f"  {name}: {label}: NDCG@10 {rows[label]['ndcg']:.4f}, disliked "
-              f"{rows[label]['disliked']:.4f} ({rows[label]['seconds']:.0f} s)", file=sys.stderr)
+    chosen = {label: v for label, v in variants(args.previous, args.checkpoint).items()
+              if not args.variants or label in args.variants}
+    for label, (ckpt, overrides, settings, with_sentiment) in chosen.items():
+        runs = []
+        for seed in args.seeds:
+            started = time.time()
+            run = label if len(args.seeds) == 1 else f"{label}, seed {seed}"
+            model = ckpt
+            if with_sentiment:
+                model, notes[run] = sentiment_model(ckpt, histories, overrides,
+                                                    os.path.join(work, f"{name}-{len(rows)}-s"),
+                                                    seed)
+            _, rec = train(model, items, histories, os.path.join(work, f"{name}-{len(rows)}"),
+                           TrainConfig(**settings, seed=seed), log=open(os.devnull, "w"),
+                           overrides=overrides)
+            rows[run] = evaluate_model(rec, cases, items, 10, probe)
+            rows[run]["seconds"] = round(time.time() - started, 1)
+            runs.append(rows[run])
+            print(f"  {name}: {run}: NDCG@10 {rows[run]['ndcg']:.4f}, disliked "
+                  f"{rows[run]['disliked']:.4f} ({rows[run]['seconds']:.0f} s)", file=sys.stderr)
+        if len(runs) > 1:
+            rows[f"{label}, mean of {len(runs)} seeds"] = {
+                key: float(sum(r[key] for r in runs) / len(runs)) for key in runs[0]}
     return {"users": len(cases), "rows": rows, "sentiment_validation": notes}
 
 
@@ -116,6 +126,10 @@ def main(argv=None):
     parser.add_argument("--checkpoint",
                         default=os.path.join(ROOT, "checkpoints", "small-bert-zh"))
     parser.add_argument("--previous", default=os.path.join(ROOT, "checkpoints", "tiny-bert-zh"))
+    parser.add_argument("--variants", nargs="+", metavar="LABEL",
+                        help="only these rows (their labels as printed; default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="one training run per seed for each row, and their mean")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       "understanding.json"))
     args = parser.parse_args(argv)
@@ -127,8 +141,9 @@ def main(argv=None):
             results[name] = run_set(name, args, work)
             print(f"\n{name} (SIMULATED users, {results[name]['users']} evaluated, K=10)\n")
             print(table(results[name]))
+    import shlex
     write_json(args.out, {"command": "python scripts/measure_understanding.py "
-                                     + " ".join(argv if argv is not None else sys.argv[1:]),
+                                     + shlex.join(argv if argv is not None else sys.argv[1:]),
                           "results": results})
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0

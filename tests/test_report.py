@@ -288,7 +288,8 @@ def sample_report(tmp_path_factory):
         users = sorted({json.loads(line)["user_id"] for line in f})[:200]
     out, recs = str(tmp / "report.html"), str(tmp / "recs.jsonl")
     assert main(["report", "--model", SHIPPED_CKPT, *DATA_ARGS, "--out", out, "--users", "200",
-                 "-k", "10", "--explain", "5"]) == 0
+                 "-k", "10", "--explain", "5", "--dislikes",
+                 os.path.join(SAMPLE, "dislikes.jsonl")]) == 0
     assert main(["recommend", "--model", SHIPPED_CKPT, *DATA_ARGS, "--user", *users, "-k", "10",
                  "--explain", "5", "--format", "json", "--output", recs]) == 0
     with open(recs, encoding="utf-8") as f:
@@ -321,6 +322,19 @@ def test_sample_report_in_the_browser(sample_report):
                                                 abs=1e-6)
     methods = [tr.attrs["data-method"] for tr in root.find("tr") if "data-method" in tr.attrs]
     assert methods == ["bert_rec", "zero_shot", "itemknn", "tfidf", "popularity"]
+    metrics = [th.attrs["data-metric"] for th in root.find("th") if "data-metric" in th.attrs]
+    assert metrics == ["hr", "ndcg", "mrr", "coverage", "disliked"]
+    # the disliked-items rate against the simulator's dislikes, as evaluate computes it
+    from bert_rec.data import group_by_user, read_behaviors, read_items
+    from bert_rec.evaluation import dislike_probe, leave_last_out, run_baselines
+    items, _ = read_items(os.path.join(SAMPLE, "items.jsonl"))
+    behaviors, _ = read_behaviors(os.path.join(SAMPLE, "behaviors.jsonl"))
+    cases, _ = leave_last_out(group_by_user(behaviors))
+    with open(os.path.join(SAMPLE, "dislikes.jsonl"), encoding="utf-8") as f:
+        truth = [(r["user_id"], r["item_id"]) for r in map(json.loads, f)]
+    knn = run_baselines(items, cases, k=10, probe=dislike_probe(items, cases, truth=truth))
+    row = next(tr for tr in root.find("tr") if tr.attrs.get("data-method") == "itemknn")
+    assert row.find("td")[-1].all_text() == f"{knn['itemknn']['disliked']:.4f}"
     screenshot_is_not_blank(path, str(tmp / "sample.png"))
 
 
