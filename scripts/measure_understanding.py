@@ -20,6 +20,7 @@ about 30 minutes on 2 cores (one training run per row).
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -141,7 +142,6 @@ def main(argv=None):
             results[name] = run_set(name, args, work)
             print(f"\n{name} (SIMULATED users, {results[name]['users']} evaluated, K=10)\n")
             print(table(results[name]))
-    import shlex
     write_json(args.out, {"command": "python scripts/measure_understanding.py "
                                      + shlex.join(argv if argv is not None else sys.argv[1:]),
                           "results": results})
