@@ -3,8 +3,10 @@
 
 Methods, side by side in one process on the same SIMULATED vectors:
 
-- ``exact``: bert_rec's ``ItemIndex(backend="exact")`` (TensorFlow blocked matmul + grouped
-  top-k), the path ``bert-rec recommend --index exact`` and ``Recommender`` use;
+- ``exact``: bert_rec's ``ItemIndex(backend="exact")``, the path ``bert-rec recommend --index
+  exact`` uses: faiss's exact kernel (``faiss.knn``) on the index's own vectors;
+- ``exact-tf``: the same index with ``engine="tensorflow"`` (blocked matmul + grouped top-k),
+  what runs when faiss is not installed;
 - ``numpy``: what one would write by hand: normalise, ``q @ V.T`` in query blocks of 64,
   ``argpartition``;
 - ``faiss-flat``: faiss ``IndexFlatIP`` (exact) on the normalised vectors;
@@ -77,9 +79,9 @@ class Method:
 def methods(ids):
     from bert_rec.retrieval import ItemIndex  # noqa: PLC0415
 
-    def item_index(backend):
+    def item_index(backend, engine="auto"):
         def build(vectors):
-            index = ItemIndex(vectors.shape[1], backend).add(ids, vectors)
+            index = ItemIndex(vectors.shape[1], backend, engine=engine).add(ids, vectors)
             if backend != "exact":
                 index._faiss_index()  # noqa: SLF001  (build now, not inside the timed search)
             return lambda q: index.search(q, K)[0]
@@ -96,7 +98,8 @@ def methods(ids):
     def numpy_build(vectors):
         return lambda q: numpy_top_k(vectors, q)
 
-    return [Method("exact", item_index("exact")), Method("numpy", numpy_build),
+    return [Method("exact", item_index("exact")),
+            Method("exact-tf", item_index("exact", "tensorflow")), Method("numpy", numpy_build),
             Method("faiss-flat", faiss_flat), Method("faiss-ivf", item_index("faiss-ivf"))]
 
 

@@ -62,9 +62,10 @@ def add_recommend_parser(sub):
                      help="override the pooling of a checkpoint or zero-shot model (default: "
                           "the model's, or mean)")
     rec.add_argument("--index", choices=INDEX_BACKENDS, default="exact",
-                     help="top-k retrieval: exact (default: every item scored by the cosine "
-                          "layer) or a faiss index (faiss-hnsw/-ivf: approximate, for large "
-                          "catalogues)")
+                     help="top-k retrieval: exact (default: every item scored, by faiss's "
+                          "exact inner-product kernel; the same top-k and scores as the Keras "
+                          "cosine layer) or a faiss index (faiss-hnsw/-ivf: approximate, for "
+                          "large catalogues)")
     rec.add_argument("--include-seen", action="store_true",
                      help="do not exclude items the user already interacted with")
     _add_settings_args(rec)

@@ -54,7 +54,7 @@ class Recommender:
         self.id_vocab = dict(id_vocab or {})  # item_id -> id-embedding row (trained models)
         self.model_path = model_path
         self.catalogue = None
-        self.index = None  # an ItemIndex when use_index() picked a faiss backend
+        self.index = None  # an ItemIndex once use_index() picked a backend (None: the layer)
 
     @property
     def trained(self):
@@ -132,10 +132,12 @@ class Recommender:
         return self
 
     def use_index(self, backend="exact", **options):
-        """Retrieve top-k with an ``ItemIndex`` (e.g. ``faiss-hnsw`` for large catalogues)
-        instead of scoring every item with the cosine layer; ``exact`` switches back."""
+        """Retrieve top-k with an ``ItemIndex`` (``exact``: faiss's exact kernel when faiss is
+        installed; ``faiss-hnsw`` etc. for large catalogues) instead of scoring every item
+        with the Keras cosine layer; ``None`` switches back to the layer. Both give the same
+        top-k and scores (ties aside): the index scores x̂ · q with the layer's query q."""
         self.index, self._index_options = None, options
-        if backend != "exact":
+        if backend is not None:
             self.index = ItemIndex(self.towers.dim, backend, **options)
             self.index.add([item.item_id for item in self.catalogue.items],
                            self.catalogue.vectors)

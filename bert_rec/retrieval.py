@@ -6,12 +6,16 @@
 ``ItemIndex``: item ids + vectors, L2-normalised on the way in, so inner product = cosine, the
 score bert_rec ranks by.
 
-- ``exact``: brute force in TensorFlow over blocks of queries and items: one traced function
-  per block does the ``[b, D] x [D, c]`` matmul and a two-stage top-k (the maximum of each
-  group of 32 scores, top-k groups, then top-k within them: exact, and far cheaper than
-  ``tf.math.top_k`` over every score). The score block is sized from the catalogue (about 1/16
-  of the vector bytes, 8 to 32 MiB), so memory stays near the vectors' own size.
-  ``bench/retrieval.py`` compares it with numpy and faiss ``IndexFlatIP``.
+- ``exact``: brute force over every item. With faiss installed (it is a dependency) the
+  search is faiss's own exact inner-product kernel (``faiss.knn``, the code behind
+  ``IndexFlatIP.search``: BLAS matmul over blocks + a heap per query) run directly on the
+  index's vectors, so the vectors are held once (``IndexFlatIP.add`` would copy them). faiss is
+  Meta's well-kept library and its kernel is faster than anything we would hand-write. Without
+  faiss (or with ``engine="tensorflow"``), a TensorFlow path: one traced function per block does
+  the ``[b, D] x [D, c]`` matmul and a two-stage top-k (the maximum of each group of 32 scores,
+  top-k groups, then top-k within them: exact, and far cheaper than ``tf.math.top_k`` over every
+  score); the score block is sized from the catalogue (about 1/16 of the vector bytes, 8 to 32
+  MiB). ``bench/retrieval.py`` compares both with numpy and faiss ``IndexFlatIP``.
 - ``faiss-flat``: faiss ``IndexFlatIP``, also exact. ``faiss-ivf`` (``IndexIVFFlat``, ``nlist``
   lists, default sqrt(M), ``nprobe`` searched) and ``faiss-hnsw`` (``IndexHNSWFlat``) are approximate; report their
   recall with ``recall_at_k`` against ``exact``. faiss (faiss-cpu) is maintained by Meta and is
@@ -32,16 +36,22 @@ import numpy as np
 from .utils.atomic import staged_dir
 
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+EXACT_ENGINES = ("auto", "faiss", "tensorflow")  # who runs the exact backend (auto: faiss if installed)
 META_NAME = "index.json"
 
 
 class ItemIndex:
     """Item ids + unit vectors [M, D] with top-k search excluding given items per query."""
 
-    def __init__(self, dim, backend="exact", nlist=None, nprobe=16, hnsw_m=32, ef_search=128):
+    def __init__(self, dim, backend="exact", nlist=None, nprobe=16, hnsw_m=32, ef_search=128,
+                 engine="auto"):
         if backend not in BACKENDS:
             raise ValueError(f"index backend must be one of {', '.join(BACKENDS)}, got "
                              f"{backend!r}")
+        if engine not in EXACT_ENGINES:
+            raise ValueError(f"exact engine must be one of {', '.join(EXACT_ENGINES)}, got "
+                             f"{engine!r}")
+        self.engine = engine
         self.dim, self.backend = int(dim), backend
         self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
         self.ids = []
@@ -98,11 +108,33 @@ class ItemIndex:
         """
         queries = _normalise(np.asarray(queries, np.float32))  # [B, D]
         exclude = exclude or [()] * len(queries)
-        if self.backend == "exact":
-            return self._search_exact(queries, k, exclude)
-        return self._search_faiss(queries, k, exclude)
+        if self.backend != "exact":
+            return self._search_faiss(queries, k, exclude)
+        if self.exact_engine == "faiss":
+            return self._search_knn(queries, k, exclude)
+        return self._search_tensorflow(queries, k, exclude)
 
-    def _search_exact(self, queries, k, exclude):
+    @property
+    def exact_engine(self):
+        """``faiss`` or ``tensorflow``: what runs the exact backend's search."""
+        if self.engine == "auto":
+            return "faiss" if _faiss_available() else "tensorflow"
+        return self.engine
+
+    def _search_knn(self, queries, k, exclude):
+        """faiss's exact inner-product kernel on the stored vectors (no copy of them)."""
+        import faiss  # noqa: PLC0415
+        rows = np.full((len(queries), k), -1, np.int64)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        if not len(self) or not len(queries):
+            return rows, scores
+        want = min(k + max((len(s) for s in exclude), default=0), len(self))
+        self.vectors = np.ascontiguousarray(self.vectors)  # a no-op for the index's own arrays
+        found_scores, found_rows = faiss.knn(np.ascontiguousarray(queries), self.vectors, want,
+                                             metric=faiss.METRIC_INNER_PRODUCT)
+        return _pick(found_rows, found_scores, k, exclude, rows, scores)
+
+    def _search_tensorflow(self, queries, k, exclude):
         """Blocked matmul + grouped top-k over item chunks, merged per query (see module doc)."""
         import tensorflow as tf  # noqa: PLC0415  (TensorFlow only for this backend)
         rows = np.full((len(queries), k), -1, np.int64)
@@ -141,12 +173,7 @@ class ItemIndex:
         found_scores, found_rows = index.search(queries, want)  # [B, k + extra]
         rows = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
-        for b, skip in enumerate(exclude):
-            valid = found_rows[b] >= 0
-            best_rows, best_scores = best_k(found_rows[b][valid], found_scores[b][valid], k, skip)
-            rows[b, :len(best_rows)] = best_rows
-            scores[b, :len(best_rows)] = best_scores
-        return rows, scores
+        return _pick(found_rows, found_scores, k, exclude, rows, scores)
 
     def _faiss_index(self):
         """Build (once per change) the faiss index over the vectors."""
@@ -183,7 +210,8 @@ class ItemIndex:
                 f.writelines(i + "\n" for i in self.ids)
             with open(os.path.join(tmp, "vectors.npy"), "wb") as f:
                 np.save(f, self.vectors, allow_pickle=False)
-            meta = {"dim": self.dim, "backend": self.backend, "nlist": self.nlist,
+            meta = {"dim": self.dim, "backend": self.backend, "engine": self.engine,
+                    "nlist": self.nlist,
                     "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search,
                     "size": len(self)}
             with open(os.path.join(tmp, META_NAME), "w", encoding="utf-8") as f:
@@ -206,6 +234,26 @@ class ItemIndex:
         index.ids, index.vectors = ids, vectors
         index._rows = None  # built on first use
         return index
+
+
+def _pick(found_rows, found_scores, k, exclude, rows, scores):
+    """Fill ``rows``/``scores`` [B, k] with each query's k best found candidates (faiss pads
+    missing results with row -1), skipping its excluded rows."""
+    for b, skip in enumerate(exclude):
+        valid = found_rows[b] >= 0
+        best_rows, best_scores = best_k(found_rows[b][valid], found_scores[b][valid], k, skip)
+        rows[b, :len(best_rows)] = best_rows
+        scores[b, :len(best_rows)] = best_scores
+    return rows, scores
+
+
+@functools.cache
+def _faiss_available():
+    try:
+        import faiss  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
 
 
 def best_k(rows, scores, k, exclude=()):

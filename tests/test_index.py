@@ -19,9 +19,15 @@ def data():
     return [f"i{n}" for n in range(len(vectors))], vectors, queries
 
 
-def test_exact_matches_numpy_and_excludes(data):
+ENGINES = ["tensorflow", pytest.param("faiss", marks=pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("faiss"), reason="faiss not installed"))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_exact_matches_numpy_and_excludes(data, engine):
     ids, vectors, queries = data
-    index = ItemIndex(32).add(ids, vectors)
+    index = ItemIndex(32, engine=engine).add(ids, vectors)
+    assert index.exact_engine == engine
     exclude = [[int(r)] for r in np.argmax(_unit(queries) @ _unit(vectors).T, axis=1)]
     rows, scores = index.search(queries, k=10, exclude=exclude)
     reference = _unit(queries) @ _unit(vectors).T
@@ -41,7 +47,7 @@ def test_exact_blocks_match_numpy(data, monkeypatch, item_rows, query_rows):
     ids, vectors, queries = data
     n = 3000 - 37  # not a multiple of the group size
     monkeypatch.setattr(index_module, "_block_sizes", lambda m, d, q: (item_rows, query_rows))
-    index = ItemIndex(32).add(ids[:n], vectors[:n])
+    index = ItemIndex(32, engine="tensorflow").add(ids[:n], vectors[:n])
     reference = _unit(queries) @ _unit(vectors[:n]).T
     exclude = [list(np.argsort(-reference[b])[:b % 4]) for b in range(len(queries))]
     rows, scores = index.search(queries, k=10, exclude=exclude)
@@ -52,10 +58,11 @@ def test_exact_blocks_match_numpy(data, monkeypatch, item_rows, query_rows):
     np.testing.assert_allclose(scores, np.take_along_axis(reference, expected, 1), atol=1e-5)
 
 
-def test_exact_fewer_items_than_k_and_bulk_add_keeps_one_copy(data):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_exact_fewer_items_than_k_and_bulk_add_keeps_one_copy(data, engine):
     ids, vectors, queries = data
-    rows, scores = ItemIndex(32).add(ids[:3], vectors[:3]).search(queries[:2], k=5,
-                                                                   exclude=[[0], []])
+    rows, scores = ItemIndex(32, engine=engine).add(ids[:3], vectors[:3]).search(
+        queries[:2], k=5, exclude=[[0], []])
     assert (rows[0, 2:] == -1).all() and (rows[1, 3:] == -1).all()
     assert set(rows[0, :2]) == {1, 2} and np.isinf(scores[0, 2:]).all()
     index = ItemIndex(32).add(ids, vectors)
@@ -121,5 +128,28 @@ def test_recommender_with_faiss_flat_matches_exact(tiny_ckpt):
                                    atol=1e-5)
         for x, y in zip(a.items, b.items):  # the same items, up to ties (identical texts)
             assert x.item_id == y.item_id or np.allclose(vectors[x.item_id], vectors[y.item_id])
+        assert [w.share for w in a.items[0].because] == pytest.approx(
+            [w.share for w in b.items[0].because], abs=1e-5)
+
+
+def test_recommender_exact_index_matches_cosine_layer(tiny_ckpt):
+    """``recommend --index exact`` goes through ItemIndex: the same top-k, scores and
+    explanations as scoring every item with the Keras cosine layer."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_training import _dataset
+    from bert_rec.recommend import Recommender
+    items, histories = _dataset()
+    rec = Recommender.load(tiny_ckpt).index_items(items)
+    layer = rec.use_index(None).recommend(histories, k=5)
+    assert rec.index is None
+    indexed = rec.use_index("exact").recommend(histories, k=5)
+    assert rec.index is not None and rec.index.backend == "exact"
+    for a, b in zip(layer, indexed):
+        np.testing.assert_allclose([r.score for r in a.items], [r.score for r in b.items],
+                                   atol=1e-5)
+        assert [r.item_id for r in a.items] == [r.item_id for r in b.items] or \
+            np.allclose([r.score for r in a.items], [r.score for r in b.items], atol=1e-6)
         assert [w.share for w in a.items[0].because] == pytest.approx(
             [w.share for w in b.items[0].because], abs=1e-5)
