@@ -6,32 +6,71 @@ in one traced ``tf.function``, giving ``[N, H]`` float32 vectors. Each distinct 
 once per call, and with an encode cache (utils/encode_cache.py) once across runs.
 """
 
+import contextlib
+
 import numpy as np
 
-from .backend import tf
+from .backend import keras, tf
 from .checkpoint import find_checkpoint, load_bert
+from .config import PRECISIONS
 from .models import build_text_encoder
 from .text import TextPipeline
 from .tokenization import encode_texts, load_tokenizer, pad_batch
 from .utils.progress import progress_bar
 
 
+# config.PRECISIONS. float32: exact. bfloat16: Keras's ``mixed_bfloat16`` policy (weights kept
+# in float32, matmuls and activations in bfloat16); vectors come out as float32 either way.
+# Inference only: a bfloat16 encoder is never trained or saved.
+
+
+def cpu_has_bf16():
+    """True when /proc/cpuinfo lists a bfloat16 matmul instruction set (avx512_bf16, amx_bf16).
+    Elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@contextlib.contextmanager
+def _policy(precision):
+    """Keras layers built inside use ``precision``'s dtype policy; the previous one returns."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 class TextEncoder:
     """Raw texts -> L2-comparable vectors with one BERT; encodes each distinct text once."""
 
-    def __init__(self, files, pooling="mean", text_config=None, batch_size=64, cache=None):
+    def __init__(self, files, pooling="mean", text_config=None, batch_size=64, cache=None,
+                 precision="float32"):
         self.files = find_checkpoint(files) if isinstance(files, str) else files
         self.pooling = pooling
         self.batch_size = batch_size
-        self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
-                                     return_keras_model=False)
-        self.model = build_text_encoder(self.transformer.model, pooling)
+        self.precision = precision
+        with _policy(precision):
+            self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
+                                         return_keras_model=False)
+            self.model = build_text_encoder(self.transformer.model, pooling)
         self.tokenizer = load_tokenizer(self.files.vocab_path)
         self.pipeline = TextPipeline(text_config) if text_config is not None else TextPipeline()
         self.max_position = self.files.max_position
         self.cache = cache  # an encode_cache.EncodeCache, or None: encode every text
         self._encode_batch = tf.function(
-            lambda token_ids, segment_ids: self.model([token_ids, segment_ids], training=False),
+            lambda token_ids, segment_ids: tf.cast(
+                self.model([token_ids, segment_ids], training=False), tf.float32),
             input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids"),
                              tf.TensorSpec([None, None], tf.int32, name="segment_ids")])
 
@@ -47,22 +86,57 @@ class TextEncoder:
         Returns the cache.
         """
         from .utils.encode_cache import EncodeCache, model_fingerprint  # noqa: PLC0415
-        self.cache = EncodeCache(root, model_fingerprint(self.files, self.pooling), dim=self.dim)
+        self.cache = EncodeCache(root, model_fingerprint(self.files, self.pooling,
+                                                         self.precision), dim=self.dim)
         return self.cache
 
     def encode(self, texts, max_len=64, desc="encoding texts", clean=True):
         """Texts -> ``[N, H]`` float32. Distinct cleaned texts are encoded once, shortest first.
 
         With a ``cache``, the distinct texts it holds for this ``max_len`` are read from it; only
-        the others are encoded (and then stored in it).
+        the others are encoded (and then stored in it). Raw texts (``clean=True``) are looked up
+        by their raw form and the pipeline's fingerprint *before* cleaning, so a warm run does
+        not clean them again (cleaning, jieba above all, was half of a warm run's time).
         """
         texts = list(texts)
+        max_len = min(max_len, self.max_position)
+        if clean and self.cache is not None and all(isinstance(t, str) for t in texts):
+            return self._encode_raw_cached(texts, max_len, desc)
         cleaned = self.pipeline.clean_many(texts) if clean else texts
         slot = {}
         for text in cleaned:
             slot.setdefault(text, len(slot))
+        vectors = self._encode_cleaned(list(slot), max_len, desc, store=True)  # [U, H]
+        return vectors[[slot[t] for t in cleaned]]  # [N, H]
+
+    def _encode_raw_cached(self, texts, max_len, desc):
+        """``encode`` of raw texts with a cache: raw-text keys first, cleaning only the misses."""
+        slot = {}
+        for text in texts:
+            slot.setdefault(text, len(slot))
         unique = list(slot)
-        max_len = min(max_len, self.max_position)
+        prefix = f"\0raw\0{self.pipeline.fingerprint}\0"  # cleaned texts hold no NUL
+        raw_keys = [prefix + t for t in unique]
+        vectors = np.zeros((len(unique), self.dim), dtype=np.float32)  # [U, H]
+        _, hit = self.cache.lookup(raw_keys, max_len, out=vectors)
+        todo = np.flatnonzero(~hit)
+        if len(todo):
+            cleaned = self.pipeline.clean_many([unique[i] for i in todo])
+            distinct = {}
+            for text in cleaned:
+                distinct.setdefault(text, len(distinct))
+            if hit.any():
+                desc = f"{desc} ({int(hit.sum())} cached)"
+            # Vectors cleaned texts already have (from behaviour texts) are reused, not stored
+            # again: the new entries are keyed by the raw texts only.
+            fresh = self._encode_cleaned(list(distinct), max_len, desc, store=False)
+            vectors[todo] = fresh[[distinct[t] for t in cleaned]]
+            self.cache.store([raw_keys[i] for i in todo], max_len, vectors[todo])
+        return vectors[[slot[t] for t in texts]]  # [N, H]
+
+    def _encode_cleaned(self, unique, max_len, desc, store):
+        """Distinct cleaned texts -> ``[U, H]``: cache hits read, the rest encoded (and stored
+        in the cache when ``store``)."""
         vectors = np.zeros((len(unique), self.dim), dtype=np.float32)  # [U, H]
         hit = np.zeros(len(unique), bool)  # [U]
         if self.cache is not None:
@@ -77,15 +151,18 @@ class TextEncoder:
                 vectors = fresh
             else:
                 vectors[todo] = fresh
-            if self.cache is not None:
+            if store and self.cache is not None:
                 self.cache.store(missing, max_len, fresh)
-        return vectors[[slot[t] for t in cleaned]]  # [N, H]
+        return vectors
 
     def _encode_distinct(self, texts, max_len, desc):
         """Distinct cleaned texts -> ``[U, H]`` float32, in length-bucketed batches."""
         sequences = encode_texts(self.tokenizer, texts, max_len)
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)  # [U, H]
-        with progress_bar(total=len(texts), desc=desc, unit="text") as bar:
+        # The policy stays on while the function traces: bert4keras builds some layers
+        # (attention dropout) inside ``call``, and they must take the same dtype policy.
+        with _policy(self.precision), progress_bar(total=len(texts), desc=desc,
+                                                   unit="text") as bar:
             for rows in plan_batches([len(s) for s in sequences], self.batch_size):
                 token_ids, segment_ids = pad_batch([sequences[i] for i in rows])  # [b, L]
                 vectors[rows] = self._encode_batch(tf.constant(token_ids),

@@ -59,8 +59,10 @@ The keyword paths (the TF-IDF baseline) use the strict list (``keep_meaning_word
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import io
+import json
 import logging
 import numbers
 import os
@@ -95,6 +97,9 @@ MEANING_WORDS = frozenset("""
 
 # normalize() re-runs its steps until the text is stable; real texts need at most two rounds.
 _MAX_ROUNDS = 6
+# Part of TextPipeline.fingerprint: bump it whenever a change to this module can change what
+# ``clean`` returns for some text, so that caches keyed by raw text are never stale.
+CLEANING_VERSION = 1
 # Unescaping / tag stripping is repeated for nested input such as "&amp;lt;" or "<<b>b>".
 _MAX_NESTING = 8
 
@@ -389,6 +394,7 @@ class TextPipeline:
         self._jieba_lock = threading.Lock()
         self._user_dict_lines = self._read_user_dict()
         self._stopwords = self._load_stopwords()
+        self._fingerprint = None
 
     def __repr__(self) -> str:
         return f"TextPipeline({self._config!r})"
@@ -401,6 +407,23 @@ class TextPipeline:
     def config(self) -> TextConfig:
         """The (immutable) configuration of this pipeline."""
         return self._config
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-1 of everything that decides ``clean``'s output: the settings, the stopword
+        and user-dictionary contents, jieba's version and :data:`CLEANING_VERSION`. Caches keyed
+        by a raw text and this fingerprint may skip cleaning it (utils/encode_cache.py)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha1(f"bert_rec cleaning v{CLEANING_VERSION}\0jieba "
+                                  f"{getattr(jieba, '__version__', '?')}\0".encode())
+            settings = dataclasses.asdict(self._config)
+            for path_field in ("stopwords_path", "extra_stopwords_path", "user_dict_path"):
+                settings.pop(path_field, None)  # their contents enter below, not their names
+            digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+            for block in (sorted(self._stopwords), self._user_dict_lines):
+                digest.update(b"\0\0" + "\0".join(block).encode("utf-8", "surrogatepass"))
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @property
     def stopwords(self) -> frozenset[str]:

@@ -301,3 +301,53 @@ def test_no_cache_writes_nothing_and_the_default_is_the_environment_s(tiny_ckpt,
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "safe to delete" in capsys.readouterr().out
+
+
+def test_warm_raw_texts_skip_cleaning_and_other_settings_miss(encoder, tmp_path, monkeypatch):
+    """Raw texts are keyed by their raw form + the pipeline's fingerprint, checked before
+    cleaning: a warm call cleans nothing; a pipeline with other settings does not hit them."""
+    from bert_rec.text import TextConfig, TextPipeline
+    texts = TINY_TEXTS + ["  " + TINY_TEXTS[5].upper(), "我不喜欢这个"]
+    plain = encoder.encode(texts)
+    _use_cache(encoder, tmp_path, monkeypatch)
+    np.testing.assert_allclose(encoder.encode(texts), plain, atol=1e-5)
+    cleaned = []
+    original = encoder.pipeline.clean_many
+
+    def counting(batch):
+        batch = list(batch)
+        cleaned.extend(batch)
+        return original(batch)
+
+    monkeypatch.setattr(encoder.pipeline, "clean_many", counting)
+    np.testing.assert_array_equal(encoder.encode(texts), encoder.encode(texts[::-1])[::-1])
+    assert cleaned == []  # every raw text was a hit
+    np.testing.assert_allclose(encoder.encode(texts), plain, atol=1e-5)
+    strict = TextPipeline(TextConfig(keep_meaning_words=False))
+    assert strict.fingerprint != encoder.pipeline.fingerprint
+    monkeypatch.setattr(encoder, "pipeline", strict)
+    monkeypatch.setattr(strict, "clean_many", lambda batch: cleaned.extend(
+        batch) or TextPipeline.clean_many(strict, batch))
+    seen = _spy(encoder, monkeypatch)
+    vector = encoder.encode(["我不喜欢这个"])
+    assert cleaned == ["我不喜欢这个"]  # another pipeline: a miss, cleaned its way
+    assert seen == _tokens(encoder, ["喜欢"])  # the strict list drops 不
+    assert not np.allclose(vector, plain[-1:], atol=1e-4)
+
+
+def test_bfloat16_encoder_is_close_restores_the_policy_and_has_its_own_cache(tiny_ckpt, tmp_path):
+    """``precision="bfloat16"``: float32 vectors within bfloat16 rounding of the float32
+    encoder's, the global Keras policy unchanged afterwards, another cache namespace."""
+    from bert_rec.backend import keras
+    from bert_rec.encoder import TextEncoder
+    exact = TextEncoder(tiny_ckpt, batch_size=4)
+    fast = TextEncoder(tiny_ckpt, batch_size=4, precision="bfloat16")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    a, b = exact.encode(TINY_TEXTS), fast.encode(TINY_TEXTS)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999
+    assert np.abs(a - b).max() > 0  # bfloat16 did run: the results are not bit-identical
+    assert exact.enable_cache(tmp_path).directory != fast.enable_cache(tmp_path).directory
+    with pytest.raises(ValueError, match="precision"):
+        TextEncoder(tiny_ckpt, precision="int4")

@@ -50,8 +50,9 @@ def default_cache_dir():
                                                    "bert_rec", "encodings")
 
 
-def model_fingerprint(files, pooling):
-    """Hex SHA-1 over a checkpoint's bytes (config, vocab, index, data files) and the pooling.
+def model_fingerprint(files, pooling, precision="float32"):
+    """Hex SHA-1 over a checkpoint's bytes (config, vocab, index, data files), the pooling and
+    the compute precision (float32 keeps the fingerprint it always had).
 
     ``files`` is a ``checkpoint.CheckpointFiles`` (or anything with ``config_path``,
     ``vocab_path`` and ``ckpt_prefix``). Each file enters with its role and size, so moving bytes
@@ -59,6 +60,8 @@ def model_fingerprint(files, pooling):
     of BERT-base).
     """
     digest = hashlib.sha1(f"bert_rec encode cache v{CACHE_VERSION}\0pooling={pooling}\0".encode())
+    if precision != "float32":
+        digest.update(f"precision={precision}\0".encode())
     prefix = files.ckpt_prefix
     parts = [("bert_config.json", files.config_path), ("vocab.txt", files.vocab_path),
              (".index", prefix + ".index")]
