@@ -111,8 +111,15 @@ def cmd_recommend(args):
     histories = _only_selected(args, histories)
     from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
     started = time.time()
+    if args.precision == "bfloat16":
+        from .encoder import cpu_has_bf16  # noqa: PLC0415
+        if not cpu_has_bf16():
+            print("bert-rec: warning: this CPU has no bfloat16 instructions (avx512_bf16 or "
+                  "amx_bf16 in /proc/cpuinfo): --precision bfloat16 is emulated here and "
+                  "slower than float32", file=sys.stderr)
     recommender = Recommender.load(args.model, cache_dir=cache_dir(args),
-                                   overrides=model_overrides(args, changes))
+                                   overrides=model_overrides(args, changes),
+                                   precision=args.precision)
     recommender.index_items(items).use_index(args.index)
     titles = {item.item_id: item.title for item in items}
     served = []

@@ -16,6 +16,9 @@ FORMAT_VERSION = 1
 WHITENINGS = ("none", "center", "whiten")
 POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
 TRUNCATIONS = ("head", "head_tail")  # how a text longer than max_len is cut (tokenization.py)
+# The text encoder's compute precision at inference (encoder.py): float32, or Keras's
+# mixed_bfloat16 policy (bfloat16 matmuls; worth it on CPUs with AVX-512 BF16 or AMX).
+PRECISIONS = ("float32", "bfloat16")
 # Weight of each behaviour type in the user's interest (and in the baselines' profiles).
 DEFAULT_BEHAVIOR_WEIGHTS = {"view": 1.0, "click": 2.0, "rate": 3.0, "comment": 3.0}
 

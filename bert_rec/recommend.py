@@ -62,7 +62,7 @@ class Recommender:
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path, zero_shot=False, cache_dir=None, overrides=None):
+    def load(cls, path, zero_shot=False, cache_dir=None, overrides=None, precision="float32"):
         """From a bert_rec model directory (bert_rec.json inside) or a Google checkpoint dir.
 
         A checkpoint directory gives the zero-shot model with default settings;
@@ -70,6 +70,8 @@ class Recommender:
         settings. ``overrides``: ``ModelConfig.replace`` changes, e.g. ``{"pooling": "cls",
         "scoring": {"exclude_seen": False}}`` (a trained head keeps the pooling it was trained
         with). ``cache_dir``: keep text vectors between runs in an on-disk cache there.
+        ``precision``: the text encoder's compute precision (encoder.PRECISIONS; bfloat16 is
+        faster on CPUs with BF16 instructions, with slightly different scores).
         """
         config = model_dir.read_config(path)
         use_head = model_dir.has_head(path) and not zero_shot
@@ -81,7 +83,8 @@ class Recommender:
                              f"space: leave --pooling out, or retrain with that pooling")
         config = config.replace(**overrides)
         encoder = TextEncoder(find_checkpoint(path), pooling=config.pooling,
-                              text_config=config.text, batch_size=config.batch_size)
+                              text_config=config.text, batch_size=config.batch_size,
+                              precision=precision)
         if cache_dir:
             encoder.enable_cache(cache_dir)
         model_path = path if model_dir.is_model_dir(path) else None
@@ -91,11 +94,14 @@ class Recommender:
         if not use_head:
             return cls(encoder, config, model_path=model_path, sentiment=sentiment)
         tower, interest, dislike_weight, id_vocab = model_dir.load_head(path)
-        towers = build_towers(tower, interest, encoder.model, dislike_weight)
+        towers = build_towers(tower, interest, _keras_encoder(encoder), dislike_weight)
         return cls(encoder, config, towers, id_vocab, model_path, sentiment)
 
     def save(self, out_dir, keep=(), keras_models=True):
         """Write a model directory (see model_dir.py), atomically; returns its path."""
+        if self.encoder.precision != "float32":
+            raise ValueError(f"this recommender runs its encoder in {self.encoder.precision}, "
+                             f"for inference only; load it with precision='float32' to save it")
         return model_dir.save(self, out_dir, keep=keep, keras_models=keras_models)
 
     # -- items --------------------------------------------------------------------------------
@@ -122,7 +128,7 @@ class Recommender:
         raw = self.encode_items(items) if raw is None else raw  # [M, H]
         if self._fit_on_catalogue:  # zero-shot: whitening of this catalogue
             self.towers = build_towers(whitened_tower(raw, self.config),
-                                       text_encoder=self.encoder.model,
+                                       text_encoder=_keras_encoder(self.encoder),
                                        dislike_weight=self.config.scoring.dislike_weight)
         id_rows = [self.id_vocab.get(item.item_id, self.towers.num_ids) for item in items]
         self.catalogue = Catalogue(items, {item.item_id: i for i, item in enumerate(items)},
@@ -235,3 +241,10 @@ class Recommender:
     def _require_items(self):
         if self.catalogue is None or not self.catalogue.items:
             raise ValueError("no items indexed: call index_items(items) first")
+
+
+def _keras_encoder(encoder):
+    """The text encoder model for the towers' ``item_encoder`` (saved and exported), or None
+    for a bfloat16 encoder: it serves inference only and its layers can't join a float32
+    Keras graph."""
+    return encoder.model if encoder.precision == "float32" else None
