@@ -117,26 +117,47 @@ def user_units(behaviors, scoring, item_rows, text_rows, text_opinion=None):
     start = max(0, len(behaviors) - scoring.max_history)
     recent = behaviors[start:]
     latest = max((b.timestamp for b in recent), default=0.0)
-    rows, unit_weights, owners, features = [], [], [], []
-    for j, b in enumerate(recent):
+    # Vectorised over the behaviours (this ran per behaviour in Python: a third of a warm run).
+    item_row = []
+    for b in recent:
         row = item_rows.get(b.item_id)
         if row is None:
             raise ValueError(_unknown_item_message(b))
-        w = weights[start + j]
-        previous = recent[j - 1] if j else None
-        rows.append(row)
-        unit_weights.append(w)
-        owners.append(j)
-        features.append(unit_features(b, previous, latest, False))
-        text_row = text_rows.get(b.text) if b.text else None
-        if text_row is not None:
-            rows.append(text_row)
-            unit_weights.append(w * scoring.text_weight)
-            owners.append(j)
-            features.append(unit_features(b, previous, latest, True))
-    return Units(recent, np.array(rows, np.int32), np.array(unit_weights, np.float32),
-                 np.array(owners, np.int32), np.array(features, np.int32).reshape(-1, FEATURES),
-                 labels[start:])
+        item_row.append(row)
+    text_row = [text_rows.get(b.text) if b.text else None for b in recent]
+    has_text = np.array([r is not None for r in text_row], bool)  # [n]
+    counts = 1 + has_text.astype(np.int64)  # units per behaviour: its item, then its text
+    first = np.cumsum(counts) - counts  # [n] position of each behaviour's item unit
+    text_at = first[has_text] + 1
+    owners = np.repeat(np.arange(len(recent), dtype=np.int32), counts)  # [N]
+    rows = np.zeros(len(owners), np.int32)
+    rows[first] = item_row
+    rows[text_at] = [r for r in text_row if r is not None]
+    w = np.asarray(weights[start:], np.float64)
+    unit_weights = np.zeros(len(owners), np.float64)
+    unit_weights[first] = w
+    unit_weights[text_at] = w[has_text] * scoring.text_weight
+    features = behaviour_features(recent, latest)[owners]  # [N, 3]
+    features[text_at, 0] = TEXT_KIND
+    return Units(recent, rows, unit_weights.astype(np.float32), owners,
+                 features.reshape(-1, FEATURES), labels[start:])
+
+
+def behaviour_features(behaviors, latest):
+    """[n, 3] int32 [kind, age bucket, gap bucket] of time-sorted behaviours' item units, as
+    :func:`unit_features` gives them one at a time."""
+    if not behaviors:
+        return np.zeros((0, FEATURES), np.int32)
+    ts = np.array([b.timestamp for b in behaviors], np.float64)
+    kinds = [KINDS.get(b.behavior.casefold(), OTHER_KIND) for b in behaviors]
+    gaps = np.concatenate([[0.0], np.diff(ts)])
+    return np.stack([np.array(kinds, np.int32), _buckets((latest - ts) / SECONDS_PER_DAY),
+                     _buckets(gaps / SECONDS_PER_DAY)], axis=1).astype(np.int32)
+
+
+def _buckets(days):
+    """:func:`_bucket` of an array of day counts."""
+    return 1 + np.minimum(BUCKETS - 2, np.floor(np.log2(1.0 + np.maximum(days, 0.0))))
 
 
 def _unknown_item_message(behavior):
