@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import CONFIGS, ROOT, peak_mib, random_checkpoint, reset_peak, rss_mib  # noqa: E402
 from common import table, write_result  # noqa: E402
 
-MODES = {"frozen": 0, "top-2": 2, "all": None}  # trained encoder layers (None: every layer)
+# mode -> (trained encoder layers (None: every layer), TrainConfig.frozen_states)
+MODES = {"frozen": (0, "float16"), "top-2": (2, "float16"), "top-2-off": (2, "off"),
+         "all": (None, "float16")}
 
 
 def child(name, mode, args):
@@ -48,10 +50,14 @@ def child(name, mode, args):
                                   item_ids={i.item_id for i in items}, on_error="skip")
     rec = Recommender.load(random_checkpoint(name))
     layers = rec.encoder.transformer.num_hidden_layers
-    train_layers = layers if MODES[mode] is None else MODES[mode]
+    trained, frozen_states = MODES[mode]
+    train_layers = layers if trained is None else trained
     config = TrainConfig(batch_size=args.batch_size, extra_negatives=args.negatives,
-                         train_layers=train_layers)
+                         train_layers=train_layers, frozen_states=frozen_states)
+    started = time.perf_counter()
     trainer = Trainer(rec, items, group_by_user(behaviors), config, log=open(os.devnull, "w"))
+    setup = time.perf_counter() - started  # includes computing the stored states, if any
+    stored = trainer._states is not None  # noqa: SLF001
     rng = np.random.default_rng(0)
     order = rng.permutation(len(trainer.examples))
     steps = args.steps if name != "base" or mode == "frozen" else max(2, args.steps // 5)
@@ -70,10 +76,60 @@ def child(name, mode, args):
         times.append(time.perf_counter() - start)
     step = statistics.median(times)
     print(json.dumps({"config": name, "mode": mode, "layers": layers,
-                      "trained_layers": train_layers, "examples": len(trainer.examples),
+                      "trained_layers": train_layers, "stored_states": stored,
+                      "setup_s": setup, "examples": len(trainer.examples),
                       "batch_size": args.batch_size, "steps": steps, "step_s": step,
                       "examples_per_s": args.batch_size / step, "peak_rss_mib": peak_mib(),
                       "step_memory_mib": peak_mib() - before}))
+
+
+QUALITY_RUNS = [("off", 0), ("off", 1), ("float32", 0), ("float16", 0)]  # (frozen_states, seed)
+
+
+def quality(args):
+    """Same fit, three ways: --train-layers 2 on the shipped small checkpoint (4 layers) with the
+    frozen layers run at every step ('off', two seeds: the seed-to-seed spread is the yardstick)
+    and on their stored states in float32 and float16; one JSON line of loss and validation
+    curves per run."""
+    os.environ.setdefault("BERT_REC_PROGRESS", "0")
+    from bert_rec.config import TrainConfig  # noqa: PLC0415
+    from bert_rec.data import group_by_user, read_behaviors, read_items  # noqa: PLC0415
+    from bert_rec.recommend import Recommender  # noqa: PLC0415
+    from bert_rec.training import Trainer  # noqa: PLC0415
+
+    sample = os.path.join(ROOT, "data", "sample")
+    items, _ = read_items(os.path.join(sample, "items.jsonl"))
+    items = items[:args.quality_items]
+    behaviors, _ = read_behaviors(os.path.join(sample, "behaviors.jsonl"),
+                                  item_ids={i.item_id for i in items}, on_error="skip")
+    histories = group_by_user(behaviors)
+    out = os.path.join(ROOT, "bench", ".scratch", "training-quality")
+    for frozen_states, seed in QUALITY_RUNS:
+        rec = Recommender.load(os.path.join(ROOT, "checkpoints", "small-bert-zh"))
+        config = TrainConfig(train_layers=2, frozen_states=frozen_states, seed=seed,
+                             epochs=args.quality_epochs, patience=args.quality_epochs)
+        started = time.perf_counter()
+        trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
+        history = trainer.fit(os.path.join(out, f"{frozen_states}-{seed}"))
+        print(json.dumps({"frozen_states": frozen_states, "seed": seed,
+                          "seconds": time.perf_counter() - started,
+                          "examples": len(trainer.examples),
+                          "loss": [h["loss"] for h in history],
+                          "val_ndcg": [h["val_ndcg"] for h in history],
+                          "val_hr": [h["val_hr"] for h in history]}), flush=True)
+
+
+def run_child(extra, args):
+    passthrough = ["--items", str(args.items), "--batch-size", str(args.batch_size),
+                   "--negatives", str(args.negatives), "--steps", str(args.steps),
+                   "--quality-items", str(args.quality_items),
+                   "--quality-epochs", str(args.quality_epochs)]
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *passthrough, *extra],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=False)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(extra)} failed:\n{proc.stderr[-2000:]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def main(argv=None):
@@ -85,34 +141,51 @@ def main(argv=None):
     parser.add_argument("--negatives", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10,
                         help="measured steps (base with trained layers: a fifth, at least 2)")
+    parser.add_argument("--quality-items", type=int, default=600,
+                        help="items of data/sample for the loss-curve comparison")
+    parser.add_argument("--quality-epochs", type=int, default=4)
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the loss-curve comparison of the stored states")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--quality-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child, args)
         return 0
-    passthrough = ["--items", str(args.items), "--batch-size", str(args.batch_size),
-                   "--negatives", str(args.negatives), "--steps", str(args.steps)]
+    if args.quality_child:
+        quality(args)
+        return 0
     runs = []
     for name in args.configs:
         random_checkpoint(name)  # made once, outside the measured children
         for mode in args.modes:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), *passthrough,
-                                   "--child", name, mode], capture_output=True, text=True,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=False)
-            if proc.returncode:
-                raise SystemExit(f"{name}/{mode} failed:\n{proc.stderr[-2000:]}")
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs.append(run_child(["--child", name, mode], args)[-1])
             r = runs[-1]
             print(f"{name} {mode}: {r['examples_per_s']:.1f} examples/s", file=sys.stderr,
                   flush=True)
     print(f"\ntraining step, batch {args.batch_size}, {args.negatives} sampled negatives, "
           f"data/sample restricted to {args.items} items\n")
-    table(["config", "encoder layers trained", "step s", "examples/s", "peak RSS MiB",
-           "step memory MiB"],
-          [[r["config"], f"{r['trained_layers']} of {r['layers']} ({r['mode']})", r["step_s"],
+    table(["config", "encoder layers trained", "stored states", "setup s", "step s",
+           "examples/s", "peak RSS MiB", "step memory MiB"],
+          [[r["config"], f"{r['trained_layers']} of {r['layers']} ({r['mode']})",
+            "yes" if r["stored_states"] else "no", r["setup_s"], r["step_s"],
             r["examples_per_s"], r["peak_rss_mib"], r["step_memory_mib"]] for r in runs])
+    rate = {(r["config"], r["mode"]): r["examples_per_s"] for r in runs}
+    summary = {}
+    if ("base", "top-2") in rate and ("base", "top-2-off") in rate:
+        summary["finetune_top2_speedup"] = rate["base", "top-2"] / rate["base", "top-2-off"]
+        print(f"\nbase --train-layers 2: {summary['finetune_top2_speedup']:.2f}x the examples/s "
+              f"of running the frozen layers at every step")
+    curves = [] if args.no_quality else run_child(["--quality-child"], args)
+    if curves:
+        print(f"\n--train-layers 2 on checkpoints/small-bert-zh, data/sample restricted to "
+              f"{args.quality_items} items ({curves[0]['examples']} examples), "
+              f"{args.quality_epochs} epochs\n")
+        table(["frozen layers", "seed", "loss per epoch", "val NDCG@10 per epoch", "seconds"],
+              [[c["frozen_states"], c["seed"], " ".join(f"{x:.4f}" for x in c["loss"]),
+                " ".join(f"{x:.4f}" for x in c["val_ndcg"]), c["seconds"]] for c in curves])
     write_result("training", {"batch_size": args.batch_size, "negatives": args.negatives,
-                              "items": args.items, "runs": runs})
+                              "items": args.items, "runs": runs, "quality": curves}, summary)
     return 0
 
 

@@ -8,8 +8,9 @@ import sys
 
 from . import commands
 from .commands import UsageError
-from .config import (CONTINUE_LEARNING_RATE, OBJECTIVES, POOLINGS, SCRATCH_LEARNING_RATE,
-                     PRECISIONS, TRUNCATIONS, PretrainConfig, SentimentConfig, TrainConfig)
+from .config import (CONTINUE_LEARNING_RATE, FROZEN_STATES, OBJECTIVES, POOLINGS,
+                     PRECISIONS, SCRATCH_LEARNING_RATE, TRUNCATIONS, PretrainConfig,
+                     SentimentConfig, TrainConfig)
 from .data import DEFAULT_BEHAVIORS, InputError
 from .retrieval import BACKENDS as INDEX_BACKENDS
 from .utils.encode_cache import ENV_VAR as CACHE_ENV_VAR
@@ -95,6 +96,11 @@ def add_train_parser(sub):
     train.add_argument("--train-layers", type=int,
                        help="fine-tune the top N encoder layers (default 0: frozen encoder, "
                             "fast on CPU)")
+    train.add_argument("--frozen-states", choices=FROZEN_STATES,
+                       help=f"with --train-layers N below the depth: keep the frozen layers' "
+                            f"token states of every text (computed once) in float16 or float32, "
+                            f"or 'off' to run those layers at every step (default "
+                            f"{defaults.frozen_states})")
     train.add_argument("--extra-negatives", type=int,
                        help=f"random negatives per batch besides the in-batch ones (default "
                             f"{defaults.extra_negatives})")

@@ -183,7 +183,7 @@ def cmd_train(args):
 
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "temperature", "train_layers",
-                "extra_negatives", "objective", "patience", "k", "seed")
+                "frozen_states", "extra_negatives", "objective", "patience", "k", "seed")
 
 
 def _train_flags(args):

@@ -16,6 +16,7 @@ FORMAT_VERSION = 1
 WHITENINGS = ("none", "center", "whiten")
 POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
 TRUNCATIONS = ("head", "head_tail")  # how a text longer than max_len is cut (tokenization.py)
+FROZEN_STATES = ("float16", "float32", "off")  # TrainConfig.frozen_states
 # The text encoder's compute precision at inference (encoder.py): float32, or Keras's
 # mixed_bfloat16 policy (bfloat16 matmuls; worth it on CPUs with AVX-512 BF16 or AMX).
 PRECISIONS = ("float32", "bfloat16")
@@ -186,6 +187,9 @@ class TrainConfig:
     encoder_learning_rate: float = 5e-5
     temperature: float = 0.1
     train_layers: int = 0
+    # With 0 < train_layers < depth, the frozen lower layers' token states of every text are
+    # computed once and kept (float16 or float32); "off" runs them at every step (training.py).
+    frozen_states: str = "float16"
     extra_negatives: int = 256
     logq_correction: bool = True
     id_embeddings: bool = True
@@ -210,6 +214,9 @@ class TrainConfig:
         if self.user_tower not in USER_TOWERS:
             raise ValueError(f"user_tower must be one of {', '.join(USER_TOWERS)}, "
                              f"got {self.user_tower!r}")
+        if self.frozen_states not in FROZEN_STATES:
+            raise ValueError(f"frozen_states must be one of {', '.join(FROZEN_STATES)}, "
+                             f"got {self.frozen_states!r}")
 
 
 @dataclasses.dataclass(frozen=True)

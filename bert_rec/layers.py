@@ -13,6 +13,26 @@ from .backend import keras, tf
 
 
 @keras.utils.register_keras_serializable(package="bert_rec")
+class PaddingMask(keras.layers.Layer):
+    """[B, L, H] token states + [B, L] token ids -> the states, carrying the Keras mask
+    ``token_ids != 0`` (what bert4keras's token embedding gives the layers above it), so that
+    transformer layers can be run on stored states (models.split_text_encoder)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return tf.not_equal(inputs[1], 0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@keras.utils.register_keras_serializable(package="bert_rec")
 class TokenPooling(keras.layers.Layer):
     """[B, L, H] token states + [B, L] token ids -> [B, H] text vector.
 

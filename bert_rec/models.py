@@ -15,8 +15,8 @@ import numpy as np
 
 from .backend import keras, tf
 from .config import USER_TOWERS
-from .layers import (AttentionPooling, InterestScore, ItemTower, SequenceAttentionPooling,
-                     TokenPooling, WeightedPooling)
+from .layers import (AttentionPooling, InterestScore, ItemTower, PaddingMask,
+                     SequenceAttentionPooling, TokenPooling, WeightedPooling)
 from .units import BUCKETS, FEATURES, TEXT_KIND
 
 KIND_IDS = TEXT_KIND + 2  # kind ids 0..TEXT_KIND (+1 spare) for the kind embedding
@@ -38,6 +38,37 @@ def build_text_encoder(bert, pooling="mean"):
     else:
         raise ValueError(f"pooling must be mean, cls or pooler, got {pooling!r}")
     return keras.Model([token_ids, segment_ids], vector, name="text_encoder")
+
+
+def split_text_encoder(transformer, pooling, n):
+    """The text encoder cut below its top ``n`` transformer layers (0 < n < depth):
+
+    - ``lower``: ``token_ids, segment_ids [B, L] -> states [B, L, H]`` (embeddings and the
+      frozen layers);
+    - ``upper``: ``states [B, L, H], token_ids [B, L] -> vector [B, H]`` (the top ``n`` layers,
+      the final layers and the pooling).
+
+    Both share the layer objects (and so the weights) of ``transformer`` (a bert4keras BERT):
+    ``upper(lower(t, s), t)`` is the full encoder, and training ``upper`` trains its layers.
+    bert4keras's ``apply`` re-uses a layer it already holds by name, so rebuilding the top
+    layers on a new input creates no new weights.
+    """
+    total = transformer.num_hidden_layers
+    if not 0 < n < total:
+        raise ValueError(f"split_text_encoder needs 0 < n < {total}, got {n}")
+    bert = transformer.model
+    cut = bert.get_layer(f"Transformer-{total - n - 1}-FeedForward-Norm").output
+    lower = keras.Model(bert.inputs, cut, name="text_encoder_lower")
+    states = keras.Input((None, transformer.hidden_size), name="states")
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    x = PaddingMask(name="padding_mask")([states, token_ids])
+    for index in range(total - n, total):
+        x = transformer.apply_main_layers(x, index)
+    x = transformer.apply_final_layers(x)
+    if pooling != "pooler":
+        x = TokenPooling(mode=pooling, name=f"{pooling}_pooling")([x, token_ids])
+    upper = keras.Model([states, token_ids], x, name="text_encoder_upper")
+    return lower, upper
 
 
 class Towers:

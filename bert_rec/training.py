@@ -29,13 +29,21 @@ import numpy as np
 
 from .backend import keras, tf
 from .config import TrainConfig
+from .encoder import plan_batches
 from .evaluation import evaluate_scores, leave_last_out
-from .models import build_towers, train_top_layers, user_tower, whitened_tower
+from .models import (build_towers, split_text_encoder, train_top_layers, user_tower,
+                     whitened_tower)
 from .recommend import Recommender
 from .tokenization import encode_texts
 from .units import NEGATIVE, pad_units, polarities, text_unit_rows, user_units
 from .utils.atomic import save_figure, write_json
 from .utils.progress import progress_bar
+
+# The largest token-state table (TrainConfig.frozen_states) kept in memory; above it the frozen
+# layers run at every step as before. 6 GiB is ~75k texts of 64 tokens at base size in float16.
+FROZEN_STATES_LIMIT = 6 * 2**30
+# Length buckets of the trained layers' input in one training step (Trainer._upper_vectors).
+STEP_BUCKETS = 4
 
 STATE_DIR = "training"
 CURVES_NAME = "training_curves.png"
@@ -221,6 +229,19 @@ class Trainer:
             self.head_variables += self.click_head.trainable_variables
         self.encoder_variables = self._unfreeze_top_layers(cfg.train_layers)
         self.raw_table = None if self.encoder_variables else tf.constant(raw)
+        data = self.data
+        self._tokens, self._lengths = tf.constant(data.tokens), tf.constant(data.lengths)
+        self._upper, self._states = None, None
+        depth = enc.transformer.num_hidden_layers
+        if self.encoder_variables and cfg.frozen_states != "off" and self._trained < depth:
+            size = (data.tokens.size * enc.transformer.hidden_size
+                    * np.dtype(cfg.frozen_states).itemsize)
+            if size <= FROZEN_STATES_LIMIT:
+                self._upper, self._states = self._frozen_states(cfg.frozen_states)
+            else:
+                print(f"the frozen layers' token states would take {size / 2**30:.1f} GiB "
+                      f"(limit {FROZEN_STATES_LIMIT / 2**30:.0f} GiB): running those layers at "
+                      f"every step instead", file=self.log)
         self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
         self.encoder_optimizer = keras.optimizers.Adam(cfg.encoder_learning_rate)
         # Create the Adam slots now, so --resume restores them instead of starting from zero.
@@ -236,8 +257,6 @@ class Trainer:
         self.state = tf.train.Checkpoint(
             click_head=self.click_head, optimizer=self.optimizer,
             encoder_optimizer=self.encoder_optimizer, epoch=self.epoch, **self.trained_parts)
-        data = self.data
-        self._tokens, self._lengths = tf.constant(data.tokens), tf.constant(data.lengths)
         self._id_rows = tf.constant(data.id_rows)
         self._log_q = tf.constant(data.log_q if cfg.logq_correction else
                                   np.zeros_like(data.log_q))
@@ -255,8 +274,30 @@ class Trainer:
             # files' fingerprint: it would serve the pretrained vectors for the trained encoder.
             # (Vectors encoded before this point, with the files' weights, were fine to cache.)
             self.rec.encoder.cache = None
-        train_top_layers(bert, n)
+        self._trained = train_top_layers(bert, n)
         return list(bert.model.trainable_variables) if n else []
+
+    def _frozen_states(self, dtype):
+        """(upper encoder, token states [M + T, L, H] of every unit-table row below the trained
+        layers): the frozen layers' output per text never changes, so it is computed once here
+        instead of at every step (models.split_text_encoder). Stored as ``dtype``; float16
+        halves the memory (R x L x H x 2 bytes). No dropout in the frozen layers (the stored
+        states are their inference output); the trained layers keep theirs."""
+        enc, data = self.rec.encoder, self.data
+        lower, upper = split_text_encoder(enc.transformer, enc.pooling, self._trained)
+        run = tf.function(lambda t: lower([t, tf.zeros_like(t)], training=False),
+                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        states = np.zeros(data.tokens.shape + (enc.transformer.hidden_size,), dtype)
+        batches = plan_batches(data.lengths, enc.batch_size)
+        with progress_bar(total=len(data.lengths), desc="frozen layers", unit="text") as bar:
+            for rows in batches:
+                length = int(data.lengths[rows].max())
+                out = run(tf.constant(data.tokens[rows, :length])).numpy()
+                states[rows, :length] = out.astype(dtype)
+                bar.update(len(rows))
+        print(f"stored the frozen layers' token states: {states.nbytes / 2**20:.0f} MiB "
+              f"({dtype})", file=self.log)
+        return upper, tf.constant(states)
 
     def _raw(self, rows, training):
         """Encoder vectors of unit-table rows [R] -> [R, H] (each distinct row encoded once)."""
@@ -265,9 +306,31 @@ class Trainer:
         unique, index = tf.unique(rows)
         length = tf.reduce_max(tf.gather(self._lengths, unique))
         token_ids = tf.gather(self._tokens, unique)[:, :length]  # [U, L]
-        vectors = self.rec.encoder.model([token_ids, tf.zeros_like(token_ids)],
-                                         training=training)  # [U, H]
+        if self._upper is not None:  # only the trained layers run, on the stored states
+            vectors = self._upper_vectors(unique, training)  # [U, H]
+        else:
+            vectors = self.rec.encoder.model([token_ids, tf.zeros_like(token_ids)],
+                                             training=training)  # [U, H]
         return tf.gather(vectors, index)
+
+    def _upper_vectors(self, unique, training):
+        """Trained layers over the stored states of distinct rows [U] -> [U, H], in
+        ``STEP_BUCKETS`` chunks of rows sorted by length, each padded only to its own longest
+        text (one batch of mixed lengths padded to the longest wastes ~half of the work)."""
+        lengths = tf.gather(self._lengths, unique)
+        order = tf.argsort(lengths)
+        count = tf.size(unique)
+        parts = []
+        for k in range(STEP_BUCKETS):
+            chunk = tf.gather(unique, order[k * count // STEP_BUCKETS:
+                                            (k + 1) * count // STEP_BUCKETS])
+            length = tf.reduce_max(tf.concat([tf.gather(self._lengths, chunk), [1]], 0))
+            states = tf.cast(tf.gather(self._states, chunk)[:, :length], tf.float32)
+            token_ids = tf.gather(self._tokens, chunk)[:, :length]
+            parts.append(self._upper([states, token_ids], training=training))
+        # row order[i] of the sorted concatenation is row i of unique: scatter back
+        return tf.scatter_nd(order[:, None], tf.concat(parts, 0),
+                             tf.stack([count, tf.shape(parts[0])[1]]))
 
     def _vectors(self, rows, training):
         """Unit-table rows (any shape) -> scoring vectors [..., D] through the item tower."""

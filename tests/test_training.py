@@ -163,3 +163,42 @@ def test_config_is_validated():
         TrainConfig(objective="regression")
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-5), ("float16", 2e-2)])
+def test_stored_frozen_states_give_the_full_encoder_and_its_gradients(tiny_ckpt, data, dtype,
+                                                                      atol):
+    """--train-layers N below the depth runs only the trained layers, on the frozen layers'
+    stored token states: the vectors and the encoder gradients are those of the full encoder
+    (float16 storage within its rounding)."""
+    items, histories = data
+    import tensorflow as tf
+
+    def run(frozen_states):
+        base = Recommender.load(tiny_ckpt, zero_shot=True)
+        trainer = Trainer(base, items, histories,
+                          _config(train_layers=1, frozen_states=frozen_states))
+        rows = tf.constant(np.arange(len(trainer.data.lengths), dtype=np.int32)[::-1].copy())
+        with tf.GradientTape() as tape:
+            vectors = trainer._raw(rows, training=False)
+            loss = tf.reduce_sum(tf.square(vectors))
+        grads = tape.gradient(loss, trainer.encoder_variables)
+        few = trainer._raw(tf.constant([3, 1, 3], tf.int32), training=False)  # < 4 buckets
+        np.testing.assert_allclose(few.numpy(), vectors.numpy()[::-1][[3, 1, 3]], atol=1e-5)
+        return trainer, vectors.numpy(), [g.numpy() for g in grads if g is not None]
+
+    full_trainer, full, full_grads = run("off")
+    stored_trainer, stored, stored_grads = run(dtype)
+    assert full_trainer._upper is None and stored_trainer._upper is not None
+    assert stored_trainer._states.dtype == dtype
+    assert len(stored_grads) == len(full_grads) > 0
+    np.testing.assert_allclose(stored, full, atol=atol)
+    for a, b in zip(stored_grads, full_grads):
+        np.testing.assert_allclose(a, b, atol=atol * max(1.0, float(np.abs(b).max())))
+
+
+def test_frozen_states_are_skipped_when_every_layer_trains(tiny_ckpt, data):
+    items, histories = data
+    trainer = Trainer(Recommender.load(tiny_ckpt, zero_shot=True), items, histories,
+                      _config(train_layers=2))  # the tiny checkpoint's depth
+    assert trainer._upper is None and trainer.encoder_variables
