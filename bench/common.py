@@ -160,6 +160,14 @@ def matmul_flops(n=4096, repeats=5):
     return 2 * n ** 3 / seconds
 
 
+def matmul_peak(sizes=(1024, 2048, 4096)):
+    """(best FLOP/s, {size: FLOP/s}) of square float32 matmuls: the reference for the encoder's
+    FLOP ratio. The best of several sizes, because on some CPUs the 4096² product is memory-bound
+    and slower than a 1024² one (a higher reference gives a lower, stricter ratio)."""
+    rates = {n: matmul_flops(n) for n in sizes}
+    return max(rates.values()), rates
+
+
 def bert_flops(lengths, layers, hidden, intermediate=None, pooler=False):
     """Multiply-add FLOPs (2 per MAC) of a BERT encoder over sequences of these lengths.
 

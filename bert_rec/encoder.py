@@ -35,6 +35,14 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def default_batch_size(hidden_size):
+    """Texts per encoder batch: 32 for BERT-base-wide models (hidden >= 512), else 64. Measured
+    on 2 CPU cores with a BERT-base-size model, batches interleaved in one process: 32 texts per
+    batch encoded 256 captions 13% faster than 64 (medians 16.6 s and 19.1 s; 16 per batch:
+    15.9 s), the activations of a smaller batch staying in cache; small models keep 64."""
+    return 32 if hidden_size >= 512 else 64
+
+
 @contextlib.contextmanager
 def _policy(precision):
     """Keras layers built inside use ``precision``'s dtype policy; the previous one returns."""
@@ -54,11 +62,11 @@ def _policy(precision):
 class TextEncoder:
     """Raw texts -> L2-comparable vectors with one BERT; encodes each distinct text once."""
 
-    def __init__(self, files, pooling="mean", text_config=None, batch_size=64, cache=None,
+    def __init__(self, files, pooling="mean", text_config=None, batch_size=None, cache=None,
                  precision="float32"):
         self.files = find_checkpoint(files) if isinstance(files, str) else files
         self.pooling = pooling
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(self.files.config["hidden_size"])
         self.precision = precision
         with _policy(precision):
             self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
