@@ -36,7 +36,7 @@ from simdata import dataset  # noqa: E402
 def naive_recommend(rec, history, k):
     """One user, nothing shared with other users: the path the batched one must beat."""
     from bert_rec.retrieval import best_k  # noqa: PLC0415
-    from bert_rec.units import text_unit_rows, user_units  # noqa: PLC0415
+    from bert_rec.units import pad_units, text_unit_rows, user_units  # noqa: PLC0415
     config, encoder, towers, catalogue = rec.config, rec.encoder, rec.towers, rec.catalogue
     recent = history[-config.scoring.max_history:]
     item_ids = list(dict.fromkeys(b.item_id for b in recent))
@@ -52,7 +52,8 @@ def naive_recommend(rec, history, k):
     table = np.concatenate(vectors)  # [items + texts, D]
     units = user_units(history, config.scoring, {i: r for r, i in enumerate(item_ids)},
                        text_rows)
-    _, _, scores = towers.score_units(table, units.rows[None], units.weights[None],
+    rows, weights, features = pad_units([units])  # [1, N], [1, N], [1, N, 3]
+    _, _, scores = towers.score_units(table, rows, weights, features,
                                       catalogue.vectors)  # [1, M]
     return best_k(np.arange(len(catalogue.items)), scores[0], k,
                   rec._seen_rows(history))  # noqa: SLF001

@@ -42,20 +42,26 @@ MODES = {"frozen": (0, "float16"), "top-2": (2, "float16"), "top-2-off": (2, "of
          "all": (None, "float16")}
 
 
-def child(name, mode, args):
-    """Measure one configuration and mode in this process; print one JSON line."""
+def sample_slice(n_items):
+    """(the first ``n_items`` items of data/sample, the users' histories over them)."""
     os.environ.setdefault("BERT_REC_PROGRESS", "0")
-    import numpy as np  # noqa: PLC0415
     from bert_rec.data import group_by_user, read_behaviors, read_items  # noqa: PLC0415
-    from bert_rec.recommend import Recommender  # noqa: PLC0415
-    from bert_rec.training import Trainer  # noqa: PLC0415
-    from bert_rec.config import TrainConfig  # noqa: PLC0415
-
     sample = os.path.join(ROOT, "data", "sample")
     items, _ = read_items(os.path.join(sample, "items.jsonl"))
-    items = items[:args.items]
+    items = items[:n_items]
     behaviors, _ = read_behaviors(os.path.join(sample, "behaviors.jsonl"),
                                   item_ids={i.item_id for i in items}, on_error="skip")
+    return items, group_by_user(behaviors)
+
+
+def child(name, mode, args):
+    """Measure one configuration and mode in this process; print one JSON line."""
+    import numpy as np  # noqa: PLC0415
+    from bert_rec.config import TrainConfig  # noqa: PLC0415
+    from bert_rec.recommend import Recommender  # noqa: PLC0415
+    from bert_rec.training import Trainer  # noqa: PLC0415
+
+    items, histories = sample_slice(args.items)
     rec = Recommender.load(random_checkpoint(name))
     layers = rec.encoder.transformer.num_hidden_layers
     trained, frozen_states = MODES[mode]
@@ -63,7 +69,7 @@ def child(name, mode, args):
     config = TrainConfig(batch_size=args.batch_size, extra_negatives=args.negatives,
                          train_layers=train_layers, frozen_states=frozen_states)
     started = time.perf_counter()
-    trainer = Trainer(rec, items, group_by_user(behaviors), config, log=open(os.devnull, "w"))
+    trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
     setup = time.perf_counter() - started  # includes computing the stored states, if any
     stored = trainer._states is not None  # noqa: SLF001
     rng = np.random.default_rng(0)
@@ -99,18 +105,11 @@ def quality(args):
     frozen layers run at every step ('off', two seeds: the seed-to-seed spread is the yardstick)
     and on their stored states in float32 and float16; one JSON line of loss and validation
     curves per run."""
-    os.environ.setdefault("BERT_REC_PROGRESS", "0")
     from bert_rec.config import TrainConfig  # noqa: PLC0415
-    from bert_rec.data import group_by_user, read_behaviors, read_items  # noqa: PLC0415
     from bert_rec.recommend import Recommender  # noqa: PLC0415
     from bert_rec.training import Trainer  # noqa: PLC0415
 
-    sample = os.path.join(ROOT, "data", "sample")
-    items, _ = read_items(os.path.join(sample, "items.jsonl"))
-    items = items[:args.quality_items]
-    behaviors, _ = read_behaviors(os.path.join(sample, "behaviors.jsonl"),
-                                  item_ids={i.item_id for i in items}, on_error="skip")
-    histories = group_by_user(behaviors)
+    items, histories = sample_slice(args.quality_items)
     out = os.path.join(SCRATCH, "training-quality")
     shutil.rmtree(out, ignore_errors=True)
     for frozen_states, seed in QUALITY_RUNS:
