@@ -71,7 +71,7 @@ def child(name, mode, args):
     started = time.perf_counter()
     trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
     setup = time.perf_counter() - started  # includes computing the stored states, if any
-    stored = trainer._states is not None  # noqa: SLF001
+    stored = trainer.stored is not None
     rng = np.random.default_rng(0)
     order = rng.permutation(len(trainer.examples))
     steps = args.steps if name != "base" or mode == "frozen" else max(2, args.steps // 5)

@@ -42,7 +42,7 @@ from .utils.progress import progress_bar
 # The largest token-state table (TrainConfig.frozen_states) kept in memory; above it the frozen
 # layers run at every step as before. 6 GiB is ~75k texts of 64 tokens at base size in float16.
 FROZEN_STATES_LIMIT = 6 * 2**30
-# Length buckets of the trained layers' input in one training step (Trainer._upper_vectors).
+# Length buckets of the trained layers' input in one training step (StoredStates.vectors).
 STEP_BUCKETS = 4
 
 STATE_DIR = "training"
@@ -174,6 +174,63 @@ def liked_examples(examples, val_cases, scoring, sentiment, pipeline):
     return [ex for ex in examples if (ex.user_id, ex.target) not in disliked]
 
 
+class StoredStates:
+    """The frozen layers' token states of every unit-table row [R, L, H], computed once, and the
+    trained top layers that run on them (models.split_text_encoder): with --train-layers N below
+    the depth, a training step runs only those N layers instead of the whole encoder."""
+
+    def __init__(self, upper, states, tokens, lengths):
+        self.upper, self.states = upper, states
+        self.tokens, self.lengths = tokens, lengths
+
+    @classmethod
+    def build(cls, encoder, data, trained, dtype, log):
+        """StoredStates for ``trained`` top layers, stored as ``dtype`` (float16 halves the
+        memory: R x L x H x 2 bytes), or None when every layer trains or the table would pass
+        FROZEN_STATES_LIMIT. No dropout in the frozen layers (the stored states are their
+        inference output); the trained layers keep theirs."""
+        transformer = encoder.transformer
+        if trained >= transformer.num_hidden_layers:
+            return None
+        size = data.tokens.size * transformer.hidden_size * np.dtype(dtype).itemsize
+        if size > FROZEN_STATES_LIMIT:
+            print(f"the frozen layers' token states would take {size / 2**30:.1f} GiB (limit "
+                  f"{FROZEN_STATES_LIMIT / 2**30:.0f} GiB): running those layers at every step "
+                  f"instead", file=log)
+            return None
+        lower, upper = split_text_encoder(transformer, encoder.pooling, trained)
+        run = tf.function(lambda t: lower([t, tf.zeros_like(t)], training=False),
+                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        states = np.zeros(data.tokens.shape + (transformer.hidden_size,), dtype)
+        with progress_bar(total=len(data.lengths), desc="frozen layers", unit="text") as bar:
+            for rows in plan_batches(data.lengths, encoder.batch_size):
+                length = int(data.lengths[rows].max())
+                states[rows, :length] = run(tf.constant(data.tokens[rows, :length])).numpy()
+                bar.update(len(rows))
+        print(f"stored the frozen layers' token states: {states.nbytes / 2**20:.0f} MiB "
+              f"({dtype})", file=log)
+        return cls(upper, tf.constant(states), tf.constant(data.tokens),
+                   tf.constant(data.lengths))
+
+    def vectors(self, unique, training):
+        """Trained layers over the stored states of distinct rows [U] -> [U, H], in
+        ``STEP_BUCKETS`` chunks of rows sorted by length, each padded only to its own longest
+        text (one batch of mixed lengths padded to the longest wastes part of the work)."""
+        order = tf.argsort(tf.gather(self.lengths, unique))
+        count = tf.size(unique)
+        parts = []
+        for k in range(STEP_BUCKETS):
+            chunk = tf.gather(unique, order[k * count // STEP_BUCKETS:
+                                            (k + 1) * count // STEP_BUCKETS])
+            length = tf.reduce_max(tf.concat([tf.gather(self.lengths, chunk), [1]], 0))
+            states = tf.cast(tf.gather(self.states, chunk)[:, :length], tf.float32)
+            token_ids = tf.gather(self.tokens, chunk)[:, :length]
+            parts.append(self.upper([states, token_ids], training=training))
+        # row order[i] of the sorted concatenation is row i of unique: scatter back
+        return tf.scatter_nd(order[:, None], tf.concat(parts, 0),
+                             tf.stack([count, tf.shape(parts[0])[1]]))
+
+
 class Trainer:
     """Builds the towers around a Recommender's encoder and trains them."""
 
@@ -231,17 +288,10 @@ class Trainer:
         self.raw_table = None if self.encoder_variables else tf.constant(raw)
         data = self.data
         self._tokens, self._lengths = tf.constant(data.tokens), tf.constant(data.lengths)
-        self._upper, self._states = None, None
-        depth = enc.transformer.num_hidden_layers
-        if self.encoder_variables and cfg.frozen_states != "off" and self._trained < depth:
-            size = (data.tokens.size * enc.transformer.hidden_size
-                    * np.dtype(cfg.frozen_states).itemsize)
-            if size <= FROZEN_STATES_LIMIT:
-                self._upper, self._states = self._frozen_states(cfg.frozen_states)
-            else:
-                print(f"the frozen layers' token states would take {size / 2**30:.1f} GiB "
-                      f"(limit {FROZEN_STATES_LIMIT / 2**30:.0f} GiB): running those layers at "
-                      f"every step instead", file=self.log)
+        self.stored = None  # StoredStates: the frozen layers' output, kept (--frozen-states)
+        if self.encoder_variables and cfg.frozen_states != "off":
+            self.stored = StoredStates.build(enc, data, self._trained, cfg.frozen_states,
+                                             self.log)
         self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
         self.encoder_optimizer = keras.optimizers.Adam(cfg.encoder_learning_rate)
         # Create the Adam slots now, so --resume restores them instead of starting from zero.
@@ -277,28 +327,6 @@ class Trainer:
         self._trained = train_top_layers(bert, n)
         return list(bert.model.trainable_variables) if n else []
 
-    def _frozen_states(self, dtype):
-        """(upper encoder, token states [M + T, L, H] of every unit-table row below the trained
-        layers): the frozen layers' output per text never changes, so it is computed once here
-        instead of at every step (models.split_text_encoder). Stored as ``dtype``; float16
-        halves the memory (R x L x H x 2 bytes). No dropout in the frozen layers (the stored
-        states are their inference output); the trained layers keep theirs."""
-        enc, data = self.rec.encoder, self.data
-        lower, upper = split_text_encoder(enc.transformer, enc.pooling, self._trained)
-        run = tf.function(lambda t: lower([t, tf.zeros_like(t)], training=False),
-                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
-        states = np.zeros(data.tokens.shape + (enc.transformer.hidden_size,), dtype)
-        batches = plan_batches(data.lengths, enc.batch_size)
-        with progress_bar(total=len(data.lengths), desc="frozen layers", unit="text") as bar:
-            for rows in batches:
-                length = int(data.lengths[rows].max())
-                out = run(tf.constant(data.tokens[rows, :length])).numpy()
-                states[rows, :length] = out.astype(dtype)
-                bar.update(len(rows))
-        print(f"stored the frozen layers' token states: {states.nbytes / 2**20:.0f} MiB "
-              f"({dtype})", file=self.log)
-        return upper, tf.constant(states)
-
     def _raw(self, rows, training):
         """Encoder vectors of unit-table rows [R] -> [R, H] (each distinct row encoded once)."""
         if self.raw_table is not None:
@@ -306,31 +334,12 @@ class Trainer:
         unique, index = tf.unique(rows)
         length = tf.reduce_max(tf.gather(self._lengths, unique))
         token_ids = tf.gather(self._tokens, unique)[:, :length]  # [U, L]
-        if self._upper is not None:  # only the trained layers run, on the stored states
-            vectors = self._upper_vectors(unique, training)  # [U, H]
+        if self.stored is not None:  # only the trained layers run, on the stored states
+            vectors = self.stored.vectors(unique, training)  # [U, H]
         else:
             vectors = self.rec.encoder.model([token_ids, tf.zeros_like(token_ids)],
                                              training=training)  # [U, H]
         return tf.gather(vectors, index)
-
-    def _upper_vectors(self, unique, training):
-        """Trained layers over the stored states of distinct rows [U] -> [U, H], in
-        ``STEP_BUCKETS`` chunks of rows sorted by length, each padded only to its own longest
-        text (one batch of mixed lengths padded to the longest wastes ~half of the work)."""
-        lengths = tf.gather(self._lengths, unique)
-        order = tf.argsort(lengths)
-        count = tf.size(unique)
-        parts = []
-        for k in range(STEP_BUCKETS):
-            chunk = tf.gather(unique, order[k * count // STEP_BUCKETS:
-                                            (k + 1) * count // STEP_BUCKETS])
-            length = tf.reduce_max(tf.concat([tf.gather(self._lengths, chunk), [1]], 0))
-            states = tf.cast(tf.gather(self._states, chunk)[:, :length], tf.float32)
-            token_ids = tf.gather(self._tokens, chunk)[:, :length]
-            parts.append(self._upper([states, token_ids], training=training))
-        # row order[i] of the sorted concatenation is row i of unique: scatter back
-        return tf.scatter_nd(order[:, None], tf.concat(parts, 0),
-                             tf.stack([count, tf.shape(parts[0])[1]]))
 
     def _vectors(self, rows, training):
         """Unit-table rows (any shape) -> scoring vectors [..., D] through the item tower."""
@@ -414,7 +423,7 @@ class Trainer:
         # the pointer file is replaced atomically, so a kill never leaves a half-written best.
         best = tf.train.Checkpoint(**self.trained_parts)
         best_manager = tf.train.CheckpointManager(best, os.path.join(state_dir, "best"), 1)
-        history = self._start(state_dir, manager, resume)
+        history = _start(self, state_dir, manager, resume)
         best_ndcg = max((h["val_ndcg"] for h in history), default=-1.0)
         bad_epochs = _epochs_since_best(history)
         for epoch in range(int(self.epoch.numpy()), cfg.epochs):
@@ -461,24 +470,27 @@ class Trainer:
                 "val_ndcg": metrics["ndcg"], "val_mrr": metrics["mrr"],
                 "seconds": round(time.time() - started, 2)}
 
-    def _start(self, state_dir, manager, resume):
-        """Restore the last epoch's state for --resume; refuse to clobber an unfinished run."""
-        history_path = os.path.join(state_dir, "history.json")
-        if resume:
-            if not manager.latest_checkpoint:
-                raise ValueError(f"{state_dir}: no training state to resume; run without "
-                                 f"--resume to start")
-            self.state.restore(manager.latest_checkpoint).expect_partial()
-            with open(history_path, encoding="utf-8") as f:
-                history = json.load(f)[:int(self.epoch.numpy())]  # epochs the state holds
-            print(f"resuming after epoch {int(self.epoch.numpy())}", file=self.log)
-            return history
-        if manager.latest_checkpoint:
-            raise ValueError(f"{state_dir} holds a training run already: pass --resume to "
-                             f"continue it, or choose another --out")
-        os.makedirs(state_dir, exist_ok=True)
-        write_json(os.path.join(state_dir, "config.json"), dataclasses.asdict(self.config))
-        return []
+
+def _start(trainer, state_dir, manager, resume):
+    """A trainer's history so far: the last epoch's state restored for --resume, else [] (and
+    a refusal to clobber an unfinished run)."""
+    history_path = os.path.join(state_dir, "history.json")
+    if resume:
+        if not manager.latest_checkpoint:
+            raise ValueError(f"{state_dir}: no training state to resume; run without "
+                             f"--resume to start")
+        trainer.state.restore(manager.latest_checkpoint).expect_partial()
+        epochs = int(trainer.epoch.numpy())
+        with open(history_path, encoding="utf-8") as f:
+            history = json.load(f)[:epochs]  # epochs the state holds
+        print(f"resuming after epoch {epochs}", file=trainer.log)
+        return history
+    if manager.latest_checkpoint:
+        raise ValueError(f"{state_dir} holds a training run already: pass --resume to "
+                         f"continue it, or choose another --out")
+    os.makedirs(state_dir, exist_ok=True)
+    write_json(os.path.join(state_dir, "config.json"), dataclasses.asdict(trainer.config))
+    return []
 
 
 def _epochs_since_best(history):

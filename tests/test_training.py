@@ -189,8 +189,8 @@ def test_stored_frozen_states_give_the_full_encoder_and_its_gradients(tiny_ckpt,
 
     full_trainer, full, full_grads = run("off")
     stored_trainer, stored, stored_grads = run(dtype)
-    assert full_trainer._upper is None and stored_trainer._upper is not None
-    assert stored_trainer._states.dtype == dtype
+    assert full_trainer.stored is None and stored_trainer.stored is not None
+    assert stored_trainer.stored.states.dtype == dtype
     assert len(stored_grads) == len(full_grads) > 0
     np.testing.assert_allclose(stored, full, atol=atol)
     for a, b in zip(stored_grads, full_grads):
@@ -201,4 +201,4 @@ def test_frozen_states_are_skipped_when_every_layer_trains(tiny_ckpt, data):
     items, histories = data
     trainer = Trainer(Recommender.load(tiny_ckpt, zero_shot=True), items, histories,
                       _config(train_layers=2))  # the tiny checkpoint's depth
-    assert trainer._upper is None and trainer.encoder_variables
+    assert trainer.stored is None and trainer.encoder_variables
