@@ -184,8 +184,9 @@ class StoredStates:
         self.tokens, self.lengths = tokens, lengths
 
     @classmethod
-    def build(cls, encoder, data, trained, dtype, log):
-        """StoredStates for ``trained`` top layers, stored as ``dtype`` (float16 halves the
+    def build(cls, encoder, data, tokens, lengths, trained, dtype, log):
+        """StoredStates for ``trained`` top layers (``tokens``, ``lengths``: the trainer's
+        tensors of ``data.tokens`` and ``data.lengths``), stored as ``dtype`` (float16 halves the
         memory: R x L x H x 2 bytes), or None when every layer trains or the table would pass
         FROZEN_STATES_LIMIT. No dropout in the frozen layers (the stored states are their
         inference output); the trained layers keep theirs."""
@@ -209,8 +210,7 @@ class StoredStates:
                 bar.update(len(rows))
         print(f"stored the frozen layers' token states: {states.nbytes / 2**20:.0f} MiB "
               f"({dtype})", file=log)
-        return cls(upper, tf.constant(states), tf.constant(data.tokens),
-                   tf.constant(data.lengths))
+        return cls(upper, tf.constant(states), tokens, lengths)
 
     def vectors(self, unique, training):
         """Trained layers over the stored states of distinct rows [U] -> [U, H], in
@@ -290,8 +290,8 @@ class Trainer:
         self._tokens, self._lengths = tf.constant(data.tokens), tf.constant(data.lengths)
         self.stored = None  # StoredStates: the frozen layers' output, kept (--frozen-states)
         if self.encoder_variables and cfg.frozen_states != "off":
-            self.stored = StoredStates.build(enc, data, self._trained, cfg.frozen_states,
-                                             self.log)
+            self.stored = StoredStates.build(enc, data, self._tokens, self._lengths,
+                                             self._trained, cfg.frozen_states, self.log)
         self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
         self.encoder_optimizer = keras.optimizers.Adam(cfg.encoder_learning_rate)
         # Create the Adam slots now, so --resume restores them instead of starting from zero.
@@ -332,11 +332,11 @@ class Trainer:
         if self.raw_table is not None:
             return tf.gather(self.raw_table, rows)
         unique, index = tf.unique(rows)
-        length = tf.reduce_max(tf.gather(self._lengths, unique))
-        token_ids = tf.gather(self._tokens, unique)[:, :length]  # [U, L]
         if self.stored is not None:  # only the trained layers run, on the stored states
             vectors = self.stored.vectors(unique, training)  # [U, H]
         else:
+            length = tf.reduce_max(tf.gather(self._lengths, unique))
+            token_ids = tf.gather(self._tokens, unique)[:, :length]  # [U, L]
             vectors = self.rec.encoder.model([token_ids, tf.zeros_like(token_ids)],
                                              training=training)  # [U, H]
         return tf.gather(vectors, index)
