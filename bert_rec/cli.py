@@ -73,6 +73,17 @@ def add_recommend_parser(sub):
                      help="the text encoder's compute precision (default float32). bfloat16 "
                           "runs its matmuls in bfloat16: faster on CPUs with AVX-512 BF16 or "
                           "AMX, scores differ slightly (README 'Speed')")
+    scale = rec.add_argument_group(
+        "scaling out", "--engine ray runs the same recommendation on Ray Data (README 'Scaling "
+                       "out'): --items/--behaviors may be folders of part files (JSONL, CSV, "
+                       "Parquet), --output is a folder of part files ending with _SUCCESS")
+    scale.add_argument("--engine", choices=("single", "ray"), default="single",
+                       help="single (default): this process; ray: a Ray cluster")
+    scale.add_argument("--ray-address", metavar="ADDR",
+                       help="an existing Ray cluster (e.g. 10.0.0.1:6379); default: start Ray "
+                            "embedded on this machine")
+    scale.add_argument("--num-actors", type=int, default=2,
+                       help="actors that encode the catalogue and score users (default 2)")
     _add_settings_args(rec)
     _add_cache_args(rec)
     rec.set_defaults(func=commands.cmd_recommend)

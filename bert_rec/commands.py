@@ -107,6 +107,8 @@ def cmd_recommend(args):
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     changes = requested_settings(args, _recommend_flags(args))
+    if args.engine == "ray":
+        return _recommend_on_ray(args, changes)
     items, histories = load_inputs(args)
     histories = _only_selected(args, histories)
     from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
@@ -139,6 +141,29 @@ def cmd_recommend(args):
     write_output(blocks(), args.output)
     print(f"recommended for {sum(served)} user(s) from {len(items)} items in "
           f"{time.time() - started:.1f} s", file=sys.stderr)
+
+
+def _recommend_on_ray(args, changes):
+    """bert-rec recommend --engine ray: the same job on Ray Data (ray_engine.py)."""
+    if not args.output:
+        raise UsageError("--engine ray writes a folder of part files: give --output DIR")
+    if args.format != "json":
+        raise UsageError("--engine ray writes JSON part files: add --format json")
+    if args.num_actors < 1:
+        raise UsageError(f"--num-actors must be >= 1, got {args.num_actors}")
+    if not args.items:
+        raise UsageError("--engine ray needs --items")
+    users = None
+    if args.user:
+        salt = args.hash_user_ids
+        users = list(args.user) if salt is None else [user_id_hasher(salt)(u) for u in args.user]
+    from . import ray_engine  # noqa: PLC0415  (Ray loads only here)
+    ray_engine.run(args.model, args.items, args.behaviors, args.output, k=args.k,
+                   explain=args.explain, index=args.index,
+                   overrides=model_overrides(args, changes), precision=args.precision,
+                   on_error=args.on_error, behavior_names=args.behavior_names or (),
+                   hash_user_ids=args.hash_user_ids, users=users, num_actors=args.num_actors,
+                   address=args.ray_address)
 
 
 def _recommend_flags(args):

@@ -7,6 +7,9 @@
 One JSON object per user (the `bert-rec recommend --format json` schema), written to a temporary
 file and renamed, so OUT is either the previous complete file or the new complete one. Every
 other option is `bert-rec recommend`'s, e.g. the encode cache (`--cache-dir`, `--no-cache`).
+
+With `--engine ray [--ray-address ADDR] [--num-actors N]` the job runs on Ray Data and OUT is a
+folder of part files ending with `_SUCCESS` (README 'Scaling out').
 """
 import argparse
 import sys
