@@ -42,7 +42,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-BENCHMARKS := encoder e2e retrieval scaling training
+BENCHMARKS := encoder e2e retrieval scaling training distributed
 
 bench: install
 	set -e; for b in $(BENCHMARKS); do \

@@ -129,6 +129,13 @@ def add_train_parser(sub):
     train.add_argument("--seed", type=int, help=f"(default {defaults.seed})")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --out from its last epoch")
+    train.add_argument("--distributed", choices=("off", "multi-worker"), default="off",
+                       help="off (default): this process; multi-worker: one of several "
+                            "processes started alike, each with TF_CONFIG naming the cluster "
+                            "and its task (tf.distribute.MultiWorkerMirroredStrategy; same "
+                            "result as one process). Only the chief (worker 0) writes --out; "
+                            "--resume restores every worker from it, so on several machines "
+                            "--out must be on a shared file system")
     _add_settings_args(train)
     _add_cache_args(train)
     train.set_defaults(func=commands.cmd_train)

@@ -194,11 +194,18 @@ def _only_selected(args, histories):
 def cmd_train(args):
     changes = requested_settings(args, {"train": _train_flags(args)})
     config = settings.train_config(changes)
+    cluster = None
+    if args.distributed == "multi-worker":
+        from . import distributed  # noqa: PLC0415  (TensorFlow loads here)
+        cluster = distributed.Cluster(distributed.read_tf_config())  # before any other TF op
     items, histories = load_inputs(args)
     from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
     started = time.time()
     history, _ = train(args.model, items, histories, args.out, config, resume=args.resume,
-                       cache_dir=cache_dir(args), overrides=model_overrides(args, changes))
+                       cache_dir=cache_dir(args), overrides=model_overrides(args, changes),
+                       cluster=cluster)
+    if cluster is not None and not cluster.is_chief:
+        return
     best = max(history, key=lambda h: h["val_ndcg"])
     print(f"best epoch {best['epoch']}: validation NDCG@{config.k} {best['val_ndcg']:.4f}, "
           f"HR@{config.k} {best['val_hr']:.4f}; {time.time() - started:.0f} s in all",

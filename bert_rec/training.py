@@ -18,6 +18,7 @@ interaction with an item, given the behaviours before it, is a training example.
 early on validation NDCG@K and keeps the best epoch.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -234,8 +235,9 @@ class StoredStates:
 class Trainer:
     """Builds the towers around a Recommender's encoder and trains them."""
 
-    def __init__(self, recommender, items, histories, config=None, log=sys.stderr):
+    def __init__(self, recommender, items, histories, config=None, log=sys.stderr, cluster=None):
         self.rec = recommender
+        self.cluster = cluster  # distributed.Cluster of a multi-worker run, or None
         self.config = config or TrainConfig()
         self.log = log
         self.items = list(items)
@@ -349,8 +351,9 @@ class Trainer:
         return tf.reshape(out, tf.concat([tf.shape(rows), [-1]], axis=0))
 
     def _step(self, unit_rows, unit_weights, unit_features, cand_rows, target_pos, cand_mask,
-              click_neg):
-        """One optimisation step; returns (loss, in-batch top-1 accuracy)."""
+              click_neg, example_weights=None):
+        """One optimisation step; returns (loss, in-batch top-1 accuracy). ``example_weights``
+        [B] (a worker's shard, distributed.py): weighted sums instead of means over examples."""
         cfg = self.config
         variables = self.head_variables + self.encoder_variables
         with tf.GradientTape() as tape:
@@ -362,29 +365,31 @@ class Trainer:
             interest = profile[:, 0]  # [B, D]
             logits -= tf.gather(self._log_q, cand_rows)[None, :]
             logits = tf.where(cand_mask, -1e9, logits)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                target_pos, logits))
+            loss = _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target_pos, logits),
+                         example_weights)
             if cfg.objective != "softmax":
-                click = self._click_loss(interest, candidates, target_pos, click_neg)
+                click = self._click_loss(interest, candidates, target_pos, click_neg,
+                                         example_weights)
                 loss = click if cfg.objective == "click" else loss + cfg.click_weight * click
         grads = tape.gradient(loss, variables)
         n_head = len(self.head_variables)
         self.optimizer.apply_gradients(zip(grads[:n_head], self.head_variables))
         if self.encoder_variables:
             self.encoder_optimizer.apply_gradients(zip(grads[n_head:], self.encoder_variables))
-        accuracy = tf.reduce_mean(tf.cast(
-            tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), target_pos), tf.float32))
+        accuracy = _mean(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32),
+                                          target_pos), tf.float32), example_weights)
         return loss, accuracy
 
-    def _click_loss(self, interest, candidates, target_pos, click_neg):
+    def _click_loss(self, interest, candidates, target_pos, click_neg, example_weights=None):
         """Click classifier (num_classes=2) on [u, x, u*x]: target = click, random item = not."""
         u = tf.math.l2_normalize(interest, -1)
         pos = tf.math.l2_normalize(tf.gather(candidates, target_pos), -1)
         neg = tf.math.l2_normalize(tf.gather(candidates, click_neg), -1)
         feats = tf.concat([tf.concat([u, pos, u * pos], -1), tf.concat([u, neg, u * neg], -1)], 0)
         labels = tf.concat([tf.ones_like(target_pos), tf.zeros_like(click_neg)], 0)
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels, self.click_head(feats)))
+        weights = None if example_weights is None else tf.concat([example_weights] * 2, 0) / 2
+        return _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, self.click_head(feats)), weights)
 
     def _batch(self, indices, rng):
         """Step inputs for the examples at ``indices``."""
@@ -416,14 +421,15 @@ class Trainer:
 
         Returns the history: one dict per epoch (loss, accuracy, validation metrics, seconds).
         """
-        cfg = self.config
+        cfg, chief = self.config, self.cluster is None or self.cluster.is_chief
         state_dir = os.path.join(out_dir, STATE_DIR)
-        manager = tf.train.CheckpointManager(self.state, os.path.join(state_dir, "last"), 1)
+        save_dir = state_dir if chief else self.cluster.save_dir(state_dir)  # a temporary one
+        manager = tf.train.CheckpointManager(self.state, os.path.join(save_dir, "last"), 1)
         # The best epoch's weights, also through a manager: each save is a new ckpt-N prefix and
         # the pointer file is replaced atomically, so a kill never leaves a half-written best.
         best = tf.train.Checkpoint(**self.trained_parts)
-        best_manager = tf.train.CheckpointManager(best, os.path.join(state_dir, "best"), 1)
-        history = _start(self, state_dir, manager, resume)
+        best_manager = tf.train.CheckpointManager(best, os.path.join(save_dir, "best"), 1)
+        history = _start(self, state_dir, resume, chief)
         best_ndcg = max((h["val_ndcg"] for h in history), default=-1.0)
         bad_epochs = _epochs_since_best(history)
         for epoch in range(int(self.epoch.numpy()), cfg.epochs):
@@ -441,12 +447,16 @@ class Trainer:
                   f"({record['seconds']:.0f} s)", file=self.log)
             # History first, then the state that marks the epoch finished: a kill in between
             # leaves one history entry too many, which --resume drops and recomputes.
-            write_json(os.path.join(state_dir, "history.json"), history)
+            if chief:
+                write_json(os.path.join(state_dir, "history.json"), history)
             self.epoch.assign(epoch + 1)
             manager.save()
-            plot_curves(history, os.path.join(state_dir, CURVES_NAME), cfg.k)
+            if chief:
+                plot_curves(history, os.path.join(state_dir, CURVES_NAME), cfg.k)
         if best_manager.latest_checkpoint:
             best.read(best_manager.latest_checkpoint).expect_partial()
+        if not chief:
+            self.cluster.cleanup()
         return history
 
     def _epoch(self, epoch):
@@ -456,41 +466,52 @@ class Trainer:
         steps = math.ceil(n / cfg.batch_size)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         rng = np.random.default_rng([cfg.seed, epoch, 1])
-        losses, accs = [], []
-        with progress_bar(total=steps, desc=f"epoch {epoch + 1}", unit="step") as bar:
-            for s in range(steps):
-                batch = self._batch(order[s * cfg.batch_size:(s + 1) * cfg.batch_size], rng)
-                loss, acc = self._train_step(*[tf.constant(x) for x in batch])
-                losses.append(float(loss))
-                accs.append(float(acc))
-                bar.update(1)
-        metrics = self.validate(self.val_cases)
-        return {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                "accuracy": float(np.mean(accs)), "val_hr": metrics["hr"],
+        if self.cluster is not None:  # this worker's shards; validation on the chief
+            loss, accuracy, metrics = self.cluster.epoch(self, order, rng, steps)
+        else:
+            losses, accs = [], []
+            with progress_bar(total=steps, desc=f"epoch {epoch + 1}", unit="step") as bar:
+                for s in range(steps):
+                    batch = self._batch(order[s * cfg.batch_size:(s + 1) * cfg.batch_size], rng)
+                    loss, acc = self._train_step(*[tf.constant(x) for x in batch])
+                    losses.append(float(loss))
+                    accs.append(float(acc))
+                    bar.update(1)
+            loss, accuracy = float(np.mean(losses)), float(np.mean(accs))
+            metrics = self.validate(self.val_cases)
+        return {"epoch": epoch + 1, "loss": loss, "accuracy": accuracy, "val_hr": metrics["hr"],
                 "val_ndcg": metrics["ndcg"], "val_mrr": metrics["mrr"],
                 "seconds": round(time.time() - started, 2)}
 
 
-def _start(trainer, state_dir, manager, resume):
+def _start(trainer, state_dir, resume, chief=True):
     """A trainer's history so far: the last epoch's state restored for --resume, else [] (and
-    a refusal to clobber an unfinished run)."""
+    a refusal to clobber an unfinished run). Every worker of a cluster reads the chief's
+    ``state_dir``; only the chief (``chief``) writes there."""
     history_path = os.path.join(state_dir, "history.json")
+    latest = tf.train.latest_checkpoint(os.path.join(state_dir, "last"))
     if resume:
-        if not manager.latest_checkpoint:
+        if not latest:
             raise ValueError(f"{state_dir}: no training state to resume; run without "
                              f"--resume to start")
-        trainer.state.restore(manager.latest_checkpoint).expect_partial()
+        trainer.state.restore(latest).expect_partial()
         epochs = int(trainer.epoch.numpy())
         with open(history_path, encoding="utf-8") as f:
             history = json.load(f)[:epochs]  # epochs the state holds
         print(f"resuming after epoch {epochs}", file=trainer.log)
         return history
-    if manager.latest_checkpoint:
+    if latest:
         raise ValueError(f"{state_dir} holds a training run already: pass --resume to "
                          f"continue it, or choose another --out")
-    os.makedirs(state_dir, exist_ok=True)
-    write_json(os.path.join(state_dir, "config.json"), dataclasses.asdict(trainer.config))
+    if chief:
+        os.makedirs(state_dir, exist_ok=True)
+        write_json(os.path.join(state_dir, "config.json"), dataclasses.asdict(trainer.config))
     return []
+
+
+def _mean(values, weights=None):
+    """Mean of per-example values [B], or their sum weighted by ``weights`` [B]."""
+    return tf.reduce_mean(values) if weights is None else tf.reduce_sum(values * weights)
 
 
 def _epochs_since_best(history):
@@ -520,20 +541,27 @@ def plot_curves(history, path, k):
 
 
 def train(model_path, items, histories, out_dir, config=None, resume=False, log=sys.stderr,
-          cache_dir=None, overrides=None):
+          cache_dir=None, overrides=None, cluster=None):
     """Fine-tune from a checkpoint or model directory and save a model directory at out_dir.
 
     Returns (history, test-split Recommender). The model directory keeps ``training/`` (state,
     history, curves) beside the model files. ``cache_dir``: the encode cache, used while the
     encoder is the checkpoint's (always with ``train_layers=0``). ``overrides``: settings of the
     model (scoring, text, ...) as for ``Recommender.load``; the model directory saves them.
+    ``cluster``: a ``distributed.Cluster`` to train on with the other workers; the model is
+    built in its scope, and only its chief writes out_dir (the others return an unindexed
+    Recommender).
     """
     config = config or TrainConfig()
-    base = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir, overrides=overrides)
-    trainer = Trainer(base, items, histories, config, log=log)
+    with cluster.scope() if cluster is not None else contextlib.nullcontext():
+        base = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir,
+                                overrides=overrides)
+        trainer = Trainer(base, items, histories, config, log=log, cluster=cluster)
     print(f"training on {len(trainer.examples)} examples from {len(trainer.val_cases)} users "
           f"({trainer.skipped} skipped), validating on their last-but-one items", file=log)
     history = trainer.fit(out_dir, resume=resume)
+    if cluster is not None and not cluster.is_chief:
+        return history, trainer.recommender()
     rec = trainer.recommender().index_items(items, raw=trainer.encode_rows(items_only=True))
     rec.save(out_dir, keep=(STATE_DIR,))
     return history, rec
