@@ -97,7 +97,7 @@ def _assert_same(ray_results, single):
 
 def test_two_node_cluster_matches_single_process_and_survives_a_killed_actor(
         cluster, single, tmp_path):
-    """Items split into three part files (JSONL, CSV, Parquet), behaviours into two; the first
+    """Items split into three part files (JSONL, Parquet, JSONL), behaviours into two; the first
     scoring call kills its actor (BERT_REC_RAY_FAIL_ONCE): Ray restarts it and retries the
     group, and every user is written exactly once with the single-process results."""
     import pyarrow.parquet as pq
