@@ -81,18 +81,33 @@ def _ray_recommend(address, items, behaviors, out, env=None):
                  "ray", "--ray-address", address, "--num-actors", "2"], env)
 
 
-def _assert_same(ray_results, single):
+def _assert_same(ray_results, single, tie=2e-5):
+    """Same users, scores (1e-5) and explanations; the same top-10 order except where two
+    items' scores are within ``tie``: the actors run TensorFlow on one thread, the single
+    process on two, so the float sums differ in the last bits and a near tie may swap two
+    neighbours (or the 10th and 11th items)."""
     assert set(ray_results) == set(single)
+    swapped = 0
     for user, expected in single.items():
         got = ray_results[user]
-        assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in expected["items"]]
         np.testing.assert_allclose([i["score"] for i in got["items"]],
                                    [i["score"] for i in expected["items"]], atol=1e-5)
+        scores = {i["item_id"]: i["score"] for i in expected["items"]}
+        last = expected["items"][-1]["score"]
         for a, b in zip(got["items"], expected["items"]):
+            if a["item_id"] != b["item_id"]:
+                swapped += 1
+                assert abs(scores.get(a["item_id"], last) - b["score"]) <= tie, (user, a, b)
+        by_id = {i["item_id"]: i for i in expected["items"]}
+        for a in got["items"]:
+            b = by_id.get(a["item_id"])
+            if b is None:
+                continue
             assert [(x["item_id"], x["behavior"], x["polarity"]) for x in a["because"]] == \
                 [(x["item_id"], x["behavior"], x["polarity"]) for x in b["because"]]
             np.testing.assert_allclose([x["share"] for x in a["because"]],
                                        [x["share"] for x in b["because"]], atol=1e-5)
+    assert swapped <= 0.02 * 10 * len(single), swapped  # near ties are rare
 
 
 def test_two_node_cluster_matches_single_process_and_survives_a_killed_actor(
