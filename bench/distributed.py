@@ -32,6 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import SCRATCH, TINY, table, write_result  # noqa: E402
 from simdata import dataset  # noqa: E402
 
+from bert_rec.ray_engine import read_output  # noqa: E402
+from bert_rec.utils.net import free_ports  # noqa: E402
+
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,16 +52,13 @@ def run(args, env=None):
 
 
 def top_lists(path):
-    """{user_id: [item ids]} of a JSON output file or a folder of part files."""
-    files = ([os.path.join(path, n) for n in sorted(os.listdir(path)) if n.startswith("part-")]
-             if os.path.isdir(path) else [path])
-    out = {}
-    for name in files:
-        with open(name, encoding="utf-8") as f:
-            for line in f:
-                record = json.loads(line)
-                out[record["user_id"]] = [i["item_id"] for i in record["items"]]
-    return out
+    """{user_id: [item ids]} of a JSON output file or a finished Ray run's folder."""
+    if os.path.isdir(path):
+        records = read_output(path).values()
+    else:
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+    return {r["user_id"]: [i["item_id"] for i in r["items"]] for r in records}
 
 
 def recommend_runs(items, behaviors, actors):
@@ -77,17 +77,6 @@ def recommend_runs(items, behaviors, actors):
     return runs
 
 
-def _free_ports(n):
-    import socket  # noqa: PLC0415
-    socks = [socket.socket() for _ in range(n)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
-
-
 def _train(out, workers, epochs):
     """Training examples/s of ``bert-rec train`` on data/sample (epoch seconds from the
     chief's history.json, validation included), with 1 process or ``workers`` workers."""
@@ -102,7 +91,7 @@ def _train(out, workers, epochs):
         procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True)]
     else:
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(workers)]}
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(workers)]}
         procs = [subprocess.Popen(cmd + ["--distributed", "multi-worker"], env={
             **env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
                 "type": "worker", "index": i}})}, stdout=subprocess.DEVNULL,

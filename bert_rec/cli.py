@@ -136,6 +136,14 @@ def add_train_parser(sub):
                             "result as one process). Only the chief (worker 0) writes --out; "
                             "--resume restores every worker from it, so on several machines "
                             "--out must be on a shared file system")
+    train.add_argument("--num-workers", type=int, metavar="N",
+                       help="launch N workers on Ray (Ray Train's TensorflowTrainer sets "
+                            "TF_CONFIG for each; they run --distributed multi-worker), on "
+                            "--ray-address or on Ray started on this machine; a lost worker "
+                            "restarts the job with --resume (up to 2 times)")
+    train.add_argument("--ray-address", metavar="ADDR",
+                       help="with --num-workers: the Ray cluster (host:port of its head, or "
+                            "'auto'); default: start Ray on this machine")
     _add_settings_args(train)
     _add_cache_args(train)
     train.set_defaults(func=commands.cmd_train)

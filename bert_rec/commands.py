@@ -192,6 +192,11 @@ def _only_selected(args, histories):
 
 
 def cmd_train(args):
+    if args.num_workers is not None:
+        from .ray_train import launch  # noqa: PLC0415  (Ray Train starts the workers)
+        return launch(args)
+    if args.ray_address:
+        raise UsageError("--ray-address needs --num-workers N (the Ray Train workers to start)")
     changes = requested_settings(args, {"train": _train_flags(args)})
     config = settings.train_config(changes)
     cluster = None

@@ -10,9 +10,10 @@ bert_rec's own code on the same inputs:
 1. *Read*: one Ray task per part file (a file, or every ``.jsonl[.gz]``/``.csv[.gz]``/
    ``.parquet`` file of a folder, in name order) runs ``read_items``/``read_behaviors`` on it —
    the same checks and file:line errors as the single-process path.
-2. *Catalogue*: the items are encoded once, in batches, by an actor pool (``map_batches``;
-   each actor loads the model directory once). The driver gathers the encoder vectors in
-   catalogue order and puts (items, vectors) into the object store once.
+2. *Catalogue*: the items (first occurrence of an id across part files) are encoded once, in
+   batches, by an actor pool (``map_batches``; each actor loads the model directory once). The
+   driver gathers the encoder vectors in catalogue order and puts (items, vectors) into the
+   object store once.
 3. *Users*: one Ray task per behaviour part file runs ``read_behaviors`` on it and splits what
    it read into ``buckets`` lists by a stable hash of the user id (``num_returns``: each list is
    its own object, so a bucket's behaviours travel from the readers straight to the actor that
@@ -72,18 +73,11 @@ def bucket_of(user_id, buckets):
 
 
 # -- step 1: reading (Ray tasks, bert_rec's readers) ------------------------------------------
-def _read_item_part(row, on_error):
+def _read_item_part(path, on_error):
+    """Ray task: ``read_items`` on one part file. Returns (items, rows skipped)."""
     from .data import read_items  # noqa: PLC0415
-    items, report = read_items(row["path"], on_error=on_error)
-    return [{"part": int(row["part"]), "order": n, "item_id": it.item_id, "title": it.title,
-             "text": it.text, "category": it.category, "tags": list(it.tags),
-             "skipped": report.rows - report.kept if n == 0 else 0}
-            for n, it in enumerate(items)] or [_empty_item_part(row, report)]
-
-
-def _empty_item_part(row, report):
-    return {"part": int(row["part"]), "order": -1, "item_id": "", "title": "", "text": "",
-            "category": "", "tags": [], "skipped": report.rows - report.kept}
+    items, report = read_items(path, on_error=on_error)
+    return items, report.rows - report.kept
 
 
 def _read_behavior_part(path, on_error, names, item_ids, salt, users, buckets):
@@ -128,8 +122,7 @@ class ItemEncoder:
         self.rec = Recommender.load(model, overrides=overrides, precision=precision)
 
     def __call__(self, batch):
-        raw = self.rec.encode_items(_items_of(batch))  # [B, H]
-        return {"part": batch["part"], "order": batch["order"], "raw": raw}
+        return {"n": batch["n"], "raw": self.rec.encode_items(_items_of(batch))}  # [B, H]
 
 
 # -- step 3: users ------------------------------------------------------------------------------
@@ -187,23 +180,25 @@ def _unwrap(exc):
     return exc
 
 
-def connect(address=None, num_cpus=None):
-    """``ray.init``: the cluster at ``address``, or an embedded local one (no dashboard)."""
+def connect(address=None, num_cpus=None, log_to_driver=False, env_vars=None):
+    """``ray.init``: the cluster at ``address``, or an embedded local one (no dashboard).
+    ``env_vars``: set in every task and actor of the job; ``log_to_driver``: show what they
+    print (training shows its epochs; recommendation prints its own progress)."""
     import logging  # noqa: PLC0415
     import ray  # noqa: PLC0415
-    for name in ("ray", "ray.data"):  # bert_rec prints its own progress lines
+    for name in ("ray", "ray.data", "ray.train"):  # bert_rec prints its own progress lines
         logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
         return ray
-    env = {"env_vars": {"BERT_REC_PROGRESS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}}
-    if os.environ.get(FAIL_ONCE_ENV):
-        env["env_vars"][FAIL_ONCE_ENV] = os.environ[FAIL_ONCE_ENV]
+    env = {"env_vars": {"BERT_REC_PROGRESS": "0", "TF_CPP_MIN_LOG_LEVEL": "2",
+                        **(env_vars or {})}}
+    options = {"runtime_env": env, "logging_level": "ERROR", "log_to_driver": log_to_driver,
+               # the Python logging of the job's processes: no INFO lines of Ray or TF
+               "logging_config": ray.LoggingConfig(log_level="ERROR")}
     if address:
-        ray.init(address=address, runtime_env=env, logging_level="ERROR",
-                 log_to_driver=False)
+        ray.init(address=address, **options)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
-                 logging_level="ERROR", log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
     return ray
 
 
@@ -222,7 +217,8 @@ def run(model, items_path, behaviors_path, output, *, k=10, explain=3, index="ex
     model, items_path, behaviors_path = map(os.path.abspath, (model, items_path, behaviors_path))
     item_parts = part_files(items_path, "items")
     behavior_parts = part_files(behaviors_path, "behaviours")
-    ray = connect(address)
+    ray = connect(address, env_vars={FAIL_ONCE_ENV: os.environ[FAIL_ONCE_ENV]}
+                  if os.environ.get(FAIL_ONCE_ENV) else None)
     import ray.data  # noqa: PLC0415
     _quiet(ray)
     per_actor = _cpus_per_actor(ray, num_actors)
@@ -303,43 +299,40 @@ def _score_buckets(ray, parts, buckets, scorer, num_actors, per_actor):
 
 def _catalogue(ray, item_parts, on_error, model_args, num_actors, per_actor, log):
     """(items in catalogue order, their encoder vectors [M, H]): read by Ray tasks with
-    ``read_items``, encoded by an actor pool."""
-    rows = ray.data.from_items([{"path": p, "part": n} for n, p in enumerate(item_parts)])
-    read = rows.flat_map(_read_item_part, fn_kwargs={"on_error": on_error}).materialize()
-    skipped = int(read.to_pandas()["skipped"].sum()) if read.count() else 0
-    blocks = max(num_actors, -(-read.count() // ITEM_BATCH))  # work for every actor
-    # materialized before the actor pool starts: its actors hold CPUs that the repartition's
-    # tasks would wait for
-    table = read.filter(expr="order >= 0").repartition(blocks).materialize()
-    meta = table.to_pandas().sort_values(["part", "order"], kind="stable")
-    items, first, kept = [], {}, []
-    for n, r in enumerate(meta.itertuples()):
-        item = Item(r.item_id, r.title, r.text, r.category, tuple(r.tags))
-        if item.item_id in first:  # read_items checked within a file; this, across files
-            if first[item.item_id] != item:
-                raise InputError(item_parts[r.part], None, "item_id",
-                                 f"item_id {item.item_id!r} appears in two part files with "
-                                 f"different content", hint="Keep one of them.")
-            continue
-        first[item.item_id] = item
-        items.append(item)
-        kept.append(n)
+    ``read_items``, encoded by a Ray Data actor pool (``map_batches``)."""
+    read = ray.remote(_read_item_part)
+    # every read finishes before the encoder pool takes the CPUs the read tasks need
+    parts = ray.get([read.remote(path, on_error) for path in item_parts])
+    items, first, skipped = [], {}, 0
+    for path, (part, dropped) in zip(item_parts, parts):
+        skipped += dropped
+        for item in part:
+            if item.item_id in first:  # read_items checked within a file; this, across files
+                if first[item.item_id] != item:
+                    raise InputError(path, None, "item_id",
+                                     f"item_id {item.item_id!r} appears in two part files "
+                                     f"with different content", hint="Keep one of them.")
+                continue
+            first[item.item_id] = item
+            items.append(item)
     if not items:
         raise InputError(item_parts[0], None, None, "no items to recommend")
     print(f"{len(items)} items from {len(item_parts)} part file(s)"
           + (f" ({skipped} row(s) skipped)" if skipped else ""), file=log)
+    rows = [{"n": n, "item_id": it.item_id, "title": it.title, "text": it.text,
+             "category": it.category, "tags": list(it.tags)} for n, it in enumerate(items)]
+    table = ray.data.from_items(  # blocks enough to give every actor work
+        rows, override_num_blocks=max(num_actors, -(-len(rows) // ITEM_BATCH)))
     encoded = table.map_batches(ItemEncoder, batch_size=ITEM_BATCH, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=num_actors),
                                 num_cpus=per_actor, fn_constructor_kwargs=model_args)
-    position = {(p, o): n for n, (p, o) in enumerate(zip(meta["part"], meta["order"]))}
     raw = None
     for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):
         vectors = np.asarray(batch["raw"], np.float32)
         if raw is None:
-            raw = np.zeros((len(meta), vectors.shape[1]), np.float32)
-        rows = [position[(int(p), int(o))] for p, o in zip(batch["part"], batch["order"])]
-        raw[rows] = vectors
-    return items, raw[kept]
+            raw = np.zeros((len(items), vectors.shape[1]), np.float32)
+        raw[np.asarray(batch["n"], np.int64)] = vectors
+    return items, raw
 
 
 def _commit(staging, output):

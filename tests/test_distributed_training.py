@@ -1,5 +1,7 @@
 """bert-rec train --distributed multi-worker: two local worker processes (TF_CONFIG on loopback)
-give the single process's result; a killed job resumes where the uninterrupted one ends.
+give the single process's result; a killed job resumes where the uninterrupted one ends; the
+same two workers launched on Ray (--num-workers 2, Ray Train) restart after a lost worker and
+end there too.
 
 Tolerances: the workers' gradients are summed by an all-reduce, so a step's gradient equals the
 single process's mean gradient up to float summation order (measured on data/sample: epoch
@@ -14,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE
+
+from bert_rec.utils.net import free_ports
 
 USERS = 30  # the first users of data/sample: keeps each run to seconds
 BATCH = 83  # 30 users give 416 training examples: the last batch holds one, so worker 1's
@@ -61,17 +64,6 @@ def nodrop_ckpt(tmp_path_factory):
     return str(out)
 
 
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _train_cmd(model, data, out, extra):
     return [sys.executable, "-m", "bert_rec.cli", "train", "--model", model,
             "--items", os.path.join(data, "items.jsonl"),
@@ -89,7 +81,7 @@ def _start(cmd, log, tf_config=None):
 
 def _start_job(model, data, out, extra):
     """Two workers of one job; returns their processes."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     cmd = _train_cmd(model, data, out, extra + ["--distributed", "multi-worker"])
     return [_start(cmd, f"{out}.worker{i}.log", {"cluster": cluster,
                                                 "task": {"type": "worker", "index": i}})
@@ -207,6 +199,51 @@ def test_fine_tuning_the_top_layer_on_two_workers(tmp_path, subset, nodrop_ckpt)
     single, dist = _runs(tmp_path, nodrop_ckpt, subset, ["--epochs", "2", "--train-layers", "1"])
     # Summation order reaches the encoder's gradients too: losses measured within 1.2e-5
     _assert_same_history(_history(dist), _history(single), loss_rel=1e-4)
+
+
+def test_ray_train_launch_restarts_a_lost_worker_and_ends_as_one_process(frozen_runs, subset,
+                                                                          tmp_path):
+    """bert-rec train --num-workers 2: Ray (embedded) starts the workers through Ray Train's
+    TensorflowTrainer, which sets TF_CONFIG; worker 1 kills itself once epoch 1 is saved (the
+    test hook), the driver starts both again with --resume, and the run ends where the
+    uninterrupted single process ends."""
+    single, _ = frozen_runs
+    model = os.path.join(ROOT, "checkpoints", "tiny-bert-zh")
+    out, log = str(tmp_path / "ray"), str(tmp_path / "ray.log")
+    env = dict(os.environ, BERT_REC_PROGRESS="0",
+               BERT_REC_RAY_TRAIN_FAIL_ONCE=str(tmp_path / "failed-once"))
+    env.pop("TF_CONFIG", None)
+    with open(log, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(_train_cmd(model, subset, out, ["--epochs", "3",
+                                                                "--num-workers", "2"]),
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)  # Ray's own processes with it
+        try:
+            code = proc.wait(timeout=2 * TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    text = open(log, encoding="utf-8").read()
+    assert code == 0, text[-3000:]
+    assert os.path.exists(tmp_path / "failed-once")  # the worker did die
+    assert "a worker was lost" in text and "resuming after epoch 1" in text
+    _assert_same_history(_history(out), _history(single))
+    assert len(_history(out)) == 3
+
+
+def test_ray_flags_are_checked(subset, tmp_path):
+    model = os.path.join(ROOT, "checkpoints", "tiny-bert-zh")
+    for extra, message in ((["--ray-address", "auto"], "needs --num-workers"),
+                           (["--num-workers", "2", "--distributed", "multi-worker"],
+                            "leave out --distributed")):
+        log = str(tmp_path / "err.log")
+        proc = _start(_train_cmd(model, subset, str(tmp_path / "m"), extra), log)
+        try:
+            assert proc.wait(timeout=120) == 2
+        finally:
+            _stop([proc])
+        assert message in open(log, encoding="utf-8").read()
 
 
 def test_a_missing_tf_config_says_what_to_set(subset, tmp_path):

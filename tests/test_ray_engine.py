@@ -5,7 +5,6 @@ actor without writing anything twice or losing anything, and a rerun replaces th
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 
 from bert_rec.data import InputError, read_behaviors, read_items
 from bert_rec.ray_engine import SUCCESS, bucket_of, part_files, read_output
+from bert_rec.utils.net import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
@@ -33,12 +33,6 @@ def _table(rows):
     return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(args, env=None):
     return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=False,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **AUTH, **(env or {})})
@@ -48,7 +42,7 @@ def _run(args, env=None):
 def cluster():
     """A head node and a second node, both on 127.0.0.1, one CPU each; stopped afterwards."""
     ray = os.path.join(BIN, "ray")
-    port = _free_port()
+    port, = free_ports(1)
     common = ["--num-cpus", "1", "--object-store-memory", str(300 * 2**20),
               "--disable-usage-stats"]
     try:
