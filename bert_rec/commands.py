@@ -163,7 +163,7 @@ def _recommend_on_ray(args, changes):
                    overrides=model_overrides(args, changes), precision=args.precision,
                    on_error=args.on_error, behavior_names=args.behavior_names or (),
                    hash_user_ids=args.hash_user_ids, users=users, num_actors=args.num_actors,
-                   address=args.ray_address)
+                   address=args.ray_address, cache_dir=cache_dir(args))
 
 
 def _recommend_flags(args):

@@ -116,10 +116,11 @@ def _items_of(batch):
 class ItemEncoder:
     """Actor: loads the model directory once; encodes batches of items to encoder vectors."""
 
-    def __init__(self, model, overrides, precision):
+    def __init__(self, model, overrides, precision, cache_dir):
         _limit_threads()
         from .recommend import Recommender  # noqa: PLC0415
-        self.rec = Recommender.load(model, overrides=overrides, precision=precision)
+        self.rec = Recommender.load(model, overrides=overrides, precision=precision,
+                                    cache_dir=cache_dir)
 
     def __call__(self, batch):
         return {"n": batch["n"], "raw": self.rec.encode_items(_items_of(batch))}  # [B, H]
@@ -130,11 +131,13 @@ class UserScorer:
     """Ray actor: loads the model and indexes the catalogue from the shared encoder vectors
     once, then scores, explains and writes one bucket of users per call."""
 
-    def __init__(self, model, overrides, precision, catalogue, index, k, explain, staging):
+    def __init__(self, model, overrides, precision, cache_dir, catalogue, index, k, explain,
+                 staging):
         _limit_threads()
         from .recommend import Recommender  # noqa: PLC0415
         items, raw = catalogue  # resolved by Ray from the object store: one copy per node
-        self.rec = Recommender.load(model, overrides=overrides, precision=precision)
+        self.rec = Recommender.load(model, overrides=overrides, precision=precision,
+                                    cache_dir=cache_dir)
         self.rec.index_items(items, raw=raw).use_index(index)
         self.k, self.explain, self.staging = k, explain, staging
 
@@ -204,11 +207,14 @@ def connect(address=None, num_cpus=None, log_to_driver=False, env_vars=None):
 
 def run(model, items_path, behaviors_path, output, *, k=10, explain=3, index="exact",
         overrides=None, precision="float32", on_error="raise", behavior_names=(),
-        hash_user_ids=None, users=None, num_actors=2, buckets=None, address=None, log=None):
+        hash_user_ids=None, users=None, num_actors=2, buckets=None, address=None, log=None,
+        cache_dir=None):
     """Recommend for every user of ``behaviors_path`` on Ray; write part files to ``output``.
 
     Returns (users written, items). ``users``: only these user ids (already hashed under
     ``hash_user_ids``), else all. ``buckets``: user groups (default 4 per actor).
+    ``cache_dir``: the encode cache every actor reads and adds to (on a cluster: a shared
+    folder, or each node keeps its own); None: no cache.
     """
     from .data import DEFAULT_BEHAVIORS  # noqa: PLC0415
     log = log or sys.stderr
@@ -222,7 +228,8 @@ def run(model, items_path, behaviors_path, output, *, k=10, explain=3, index="ex
     import ray.data  # noqa: PLC0415
     _quiet(ray)
     per_actor = _cpus_per_actor(ray, num_actors)
-    model_args = {"model": model, "overrides": overrides, "precision": precision}
+    model_args = {"model": model, "overrides": overrides, "precision": precision,
+                  "cache_dir": cache_dir and os.path.abspath(cache_dir)}
     staging = f"{os.path.abspath(output).rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
     buckets = buckets or 4 * num_actors
     try:

@@ -2,6 +2,7 @@
 path's top-10, scores and explanations for every user of the sample data, survives a killed
 actor without writing anything twice or losing anything, and a rerun replaces the output."""
 
+import glob
 import json
 import os
 import secrets
@@ -69,10 +70,11 @@ def single(tmp_path_factory):
         return {r["user_id"]: r for r in map(json.loads, f)}
 
 
-def _ray_recommend(address, items, behaviors, out, env=None):
+def _ray_recommend(address, items, behaviors, out, env=None, cache=None):
     return _run([os.path.join(BIN, "bert-rec"), "recommend", "--model", TINY, "--items", items,
                  "--behaviors", behaviors, "--format", "json", "--output", out, "--engine",
-                 "ray", "--ray-address", address, "--num-actors", "2"], env)
+                 "ray", "--ray-address", address, "--num-actors", "2",
+                 *(["--cache-dir", cache] if cache else ["--no-cache"])], env)
 
 
 def _assert_same(ray_results, single, tie=2e-5):
@@ -129,22 +131,26 @@ def test_two_node_cluster_matches_single_process_and_survives_a_killed_actor(
 
     out = str(tmp_path / "out")
     marker = str(tmp_path / "killed-once")
+    cache = str(tmp_path / "cache")  # empty: the actors encode everything themselves
     done = _ray_recommend(cluster, str(items_dir), str(behaviors_dir), out,
-                          env={"BERT_REC_RAY_FAIL_ONCE": marker})
+                          env={"BERT_REC_RAY_FAIL_ONCE": marker}, cache=cache)
     assert done.returncode == 0, done.stderr[-3000:]
     assert os.path.exists(marker)  # an actor really died mid-run
     assert os.path.exists(os.path.join(out, SUCCESS))
     _assert_same(read_output(out), single)  # read_output refuses a user written twice
+    stored = glob.glob(os.path.join(cache, "*", "seg-*.keys"))
+    assert stored  # the actors added their vectors to the encode cache
 
     # a rerun into the same folder replaces it: no part of the earlier run survives
     stale = os.path.join(out, "part-99999.jsonl")
     with open(stale, "w", encoding="utf-8") as f:
         f.write('{"user_id": "nobody", "items": []}\n')
     again = _ray_recommend(cluster, os.path.join(SAMPLE, "items.jsonl"),
-                           os.path.join(SAMPLE, "behaviors.jsonl"), out)
+                           os.path.join(SAMPLE, "behaviors.jsonl"), out, cache=cache)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not os.path.exists(stale)
-    _assert_same(read_output(out), single)
+    _assert_same(read_output(out), single)  # from the warm cache: nothing new to store
+    assert sorted(glob.glob(os.path.join(cache, "*", "seg-*.keys"))) == sorted(stored)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n]
 
 
