@@ -183,10 +183,11 @@ def _unwrap(exc):
     return exc
 
 
-def connect(address=None, num_cpus=None, log_to_driver=False, env_vars=None):
+def connect(address=None, num_cpus=None, log_to_driver=False, env_vars=None, forward_env=()):
     """``ray.init``: the cluster at ``address``, or an embedded local one (no dashboard).
-    ``env_vars``: set in every task and actor of the job; ``log_to_driver``: show what they
-    print (training shows its epochs; recommendation prints its own progress)."""
+    ``env_vars``: set in every task and actor of the job, with those of this process's
+    variables named in ``forward_env`` that are set (test hooks); ``log_to_driver``: show what
+    they print (training shows its epochs; recommendation prints its own progress)."""
     import logging  # noqa: PLC0415
     import ray  # noqa: PLC0415
     for name in ("ray", "ray.data", "ray.train"):  # bert_rec prints its own progress lines
@@ -194,7 +195,9 @@ def connect(address=None, num_cpus=None, log_to_driver=False, env_vars=None):
     if ray.is_initialized():
         return ray
     env = {"env_vars": {"BERT_REC_PROGRESS": "0", "TF_CPP_MIN_LOG_LEVEL": "2",
-                        **(env_vars or {})}}
+                        **(env_vars or {}),
+                        **{name: os.environ[name] for name in forward_env
+                           if os.environ.get(name)}}}
     options = {"runtime_env": env, "logging_level": "ERROR", "log_to_driver": log_to_driver,
                # the Python logging of the job's processes: no INFO lines of Ray or TF
                "logging_config": ray.LoggingConfig(log_level="ERROR")}
@@ -223,8 +226,7 @@ def run(model, items_path, behaviors_path, output, *, k=10, explain=3, index="ex
     model, items_path, behaviors_path = map(os.path.abspath, (model, items_path, behaviors_path))
     item_parts = part_files(items_path, "items")
     behavior_parts = part_files(behaviors_path, "behaviours")
-    ray = connect(address, env_vars={FAIL_ONCE_ENV: os.environ[FAIL_ONCE_ENV]}
-                  if os.environ.get(FAIL_ONCE_ENV) else None)
+    ray = connect(address, forward_env=(FAIL_ONCE_ENV,))
     import ray.data  # noqa: PLC0415
     _quiet(ray)
     per_actor = _cpus_per_actor(ray, num_actors)
@@ -272,7 +274,7 @@ def _quiet(ray):
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    for name in ("ray", "ray.data"):
+    for name in ("ray", "ray.data"):  # again: importing ray.data configures its loggers
         logging.getLogger(name).setLevel(logging.ERROR)
     # "only received N input(s)": a small catalogue has fewer blocks than actors; harmless
     warnings.filterwarnings("ignore", module="ray.data")

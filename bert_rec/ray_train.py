@@ -25,24 +25,23 @@ import tempfile
 
 STATE_CHECKPOINT = os.path.join("training", "last", "checkpoint")  # training.STATE_DIR's
 PATH_ARGS = ("model", "items", "behaviors", "out", "config", "cache_dir")
-# Test hook (tests/test_ray_train.py): a path; the first worker of rank 1 that manages to create
+# Test hook (tests/test_distributed_training.py): a path; the first worker of rank 1 that manages to create
 # it after epoch 1's state is saved kills its own process, as a lost node would.
 FAIL_ONCE_ENV = "BERT_REC_RAY_TRAIN_FAIL_ONCE"
 
 
 def launch(args, log=sys.stderr, restarts=2):
     """Run ``bert-rec train`` (its parsed ``args``) on ``args.num_workers`` Ray Train workers."""
-    from .ray_engine import _unwrap, connect  # noqa: PLC0415
+    from .ray_engine import _cpus_per_actor, _unwrap, connect  # noqa: PLC0415
     if args.distributed != "off":
         raise ValueError("--num-workers launches the workers itself: leave out --distributed")
     if args.num_workers < 1:
         raise ValueError(f"--num-workers must be at least 1, got {args.num_workers}")
     worker_args = _worker_args(args)
-    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # bert_rec's lines once, as it prints them
-    if os.environ.get(FAIL_ONCE_ENV):
-        env[FAIL_ONCE_ENV] = os.environ[FAIL_ONCE_ENV]
-    ray = connect(args.ray_address, log_to_driver=True, env_vars=env)
-    cpus = min(1.0, ray.cluster_resources().get("CPU", 1.0) / args.num_workers)
+    ray = connect(args.ray_address, log_to_driver=True, forward_env=(FAIL_ONCE_ENV,),
+                  # bert_rec's lines once, as it prints them (not also through Train's logger)
+                  env_vars={"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"})
+    cpus = _cpus_per_actor(ray, args.num_workers)
     storage = tempfile.mkdtemp(prefix="bert_rec-ray-train-")  # Ray Train's run metadata
     try:
         for attempt in range(restarts + 1):
