@@ -28,6 +28,7 @@ vectors of ids already present) without touching the others.
 """
 
 import functools
+import itertools
 import json
 import os
 
@@ -237,13 +238,28 @@ class ItemIndex:
 
 
 def _pick(found_rows, found_scores, k, exclude, rows, scores):
-    """Fill ``rows``/``scores`` [B, k] with each query's k best found candidates (faiss pads
-    missing results with row -1), skipping its excluded rows."""
-    for b, skip in enumerate(exclude):
-        valid = found_rows[b] >= 0
-        best_rows, best_scores = best_k(found_rows[b][valid], found_scores[b][valid], k, skip)
-        rows[b, :len(best_rows)] = best_rows
-        scores[b, :len(best_rows)] = best_scores
+    """Fill ``rows``/``scores`` [B, k] with each query's k best found candidates [B, want]
+    (faiss pads missing results with row -1), skipping its excluded rows: what :func:`best_k`
+    does per query, for the whole block at once (a Python loop over queries cost a fifth of a
+    warm ``recommend``)."""
+    found_rows = np.asarray(found_rows, np.int64)
+    found_scores = np.array(found_scores, np.float32)  # a copy: dropped entries become -inf
+    drop = (found_rows < 0) | ~np.isfinite(found_scores)  # [B, want]
+    counts = [len(skip) for skip in exclude]
+    if sum(counts):
+        skipped = np.fromiter(itertools.chain.from_iterable(exclude), np.int64, sum(counts))
+        size = int(max(found_rows.max(), skipped.max())) + 1  # (query, row) -> one int64 key
+        owner = np.repeat(np.arange(len(exclude), dtype=np.int64), counts)
+        query = np.arange(len(found_rows), dtype=np.int64)[:, None]
+        drop |= np.isin(query * size + found_rows, owner * size + skipped)
+    found_scores[drop] = -np.inf
+    take = min(k, found_rows.shape[1])
+    order = np.lexsort((found_rows, -found_scores), axis=-1)[:, :take]  # score down, then row
+    best_rows = np.take_along_axis(found_rows, order, axis=1)
+    best_scores = np.take_along_axis(found_scores, order, axis=1)
+    kept = np.isfinite(best_scores)
+    rows[:, :take] = np.where(kept, best_rows, -1)
+    scores[:, :take] = np.where(kept, best_scores, -np.inf)
     return rows, scores
 
 
