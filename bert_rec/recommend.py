@@ -24,7 +24,7 @@ from .explain import Recommendation, UserRecommendations, behavior_shares, merge
 from .models import build_towers, whitened_tower
 from .retrieval import ItemIndex, best_k
 from .sentiment import SentimentClassifier
-from .units import pad_units, text_unit_rows, user_units
+from .units import pad_units, user_units
 from .utils.progress import progress_bar
 
 SCORE_BLOCK_FLOATS = 64 * 2**20  # users are scored in blocks of at most this many [B, M] scores
@@ -154,20 +154,21 @@ class Recommender:
 
     # -- users --------------------------------------------------------------------------------
     def _unit_table(self, histories):
-        """(unit table [M + T, D]: items, then these users' distinct texts; text -> row;
-        text -> opinion 2 P(positive) - 1 from the sentiment head, or None without one)."""
-        distinct, text_rows = text_unit_rows(
-            (b.text for behaviors in histories for b in behaviors), self.encoder.pipeline,
-            offset=len(self.catalogue.items))
-        vectors = self.encoder.encode(distinct, max_len=self.config.text_max_len,
-                                      desc="encoding behaviour texts", clean=False)
+        """(unit table [M + T, D]: items, then these users' T distinct raw texts that clean to
+        something; raw text -> row; raw text -> opinion 2 P(positive) - 1 from the sentiment
+        head, or None without one). Rows are per raw text, so a warm encode cache answers
+        without cleaning; texts that clean alike get equal vectors, so users pool the same."""
+        raw = sorted({b.text for behaviors in histories for b in behaviors if b.text})
+        vectors, kept = self.encoder.encode_units(raw, max_len=self.config.text_max_len,
+                                                  desc="encoding behaviour texts")
+        texts = [raw[i] for i in kept]
+        offset = len(self.catalogue.items)
+        text_rows = {text: offset + j for j, text in enumerate(texts)}
         table = np.concatenate([self.catalogue.vectors, self.towers.project(vectors)])
         text_opinion = None
-        if self.sentiment is not None and distinct:
-            positive = self.sentiment.predict(distinct, clean=False)  # [T]
-            offset = len(self.catalogue.items)
-            text_opinion = {raw: float(2 * positive[row - offset] - 1)
-                            for raw, row in text_rows.items()}
+        if self.sentiment is not None and texts:
+            positive = self.sentiment.predict(texts)  # [T]; cleans them itself
+            text_opinion = {text: float(2 * p - 1) for text, p in zip(texts, positive)}
         return table, text_rows, text_opinion
 
     def _user_blocks(self, histories, with_scores=True):

@@ -3,7 +3,9 @@
 Each of a user's latest ``max_history`` behaviours contributes one unit for its item and, when
 it carries text that cleans to something (a comment, review, query), one unit for the text.
 A unit is a row of a *unit table*: the catalogue's items first (rows ``0..M-1``), then the
-distinct cleaned behaviour texts (rows ``M..``). Its weight is signed: behaviour type x rating
+distinct behaviour texts (rows ``M..``: by cleaned text in training, by raw text in
+``Recommender``, so that a warm encode cache skips cleaning; texts that clean alike get equal
+vectors either way). Its weight is signed: behaviour type x rating
 x recency for what the user liked or just used, and ``-(type x recency x |opinion|)`` for the
 behaviours on an item the user disliked (see ``ScoringConfig`` and :func:`polarities`).
 Recommending, training, evaluation and the serving client all build their units here, so

@@ -335,6 +335,30 @@ def test_warm_raw_texts_skip_cleaning_and_other_settings_miss(encoder, tmp_path,
     assert not np.allclose(vector, plain[-1:], atol=1e-4)
 
 
+def test_encode_units_drops_texts_that_clean_to_nothing_and_a_warm_call_cleans_nothing(
+        encoder, tmp_path, monkeypatch):
+    """Behaviour-text units: only texts with words left give a vector; with a cache the second
+    call knows both the vectors and the empty texts without cleaning anything."""
+    texts = ["这个视频不好看", "。。。！", "的了", "太无聊了", "https://example.com"]
+    words = encoder.pipeline.clean_many(texts)
+    assert [bool(w) for w in words] == [True, False, False, True, False]
+    plain, kept = encoder.encode_units(texts)  # no cache: cleaned here
+    assert kept.tolist() == [0, 3]
+    np.testing.assert_allclose(plain, encoder.encode([words[0], words[3]], clean=False),
+                               atol=1e-6)
+    _use_cache(encoder, tmp_path, monkeypatch)
+    cold, cold_kept = encoder.encode_units(texts)
+    assert cold_kept.tolist() == [0, 3]
+    np.testing.assert_allclose(cold, plain, atol=1e-5)
+    monkeypatch.setattr(encoder.pipeline, "clean_many", lambda batch: pytest.fail(
+        f"a warm call cleaned {list(batch)}"))
+    seen = _spy(encoder, monkeypatch)
+    warm, warm_kept = encoder.encode_units(texts)
+    assert warm_kept.tolist() == [0, 3] and seen == []
+    np.testing.assert_array_equal(warm, cold)
+    assert encoder.encode_units([])[0].shape == (0, encoder.dim)
+
+
 def test_bfloat16_encoder_is_close_restores_the_policy_and_has_its_own_cache(tiny_ckpt, tmp_path):
     """``precision="bfloat16"``: float32 vectors within bfloat16 rounding of the float32
     encoder's, the global Keras policy unchanged afterwards, another cache namespace."""

@@ -33,7 +33,9 @@ from . import atomic
 ENV_VAR = "BERT_REC_CACHE"
 # Part of every fingerprint: bump it when bert_rec's code from a cleaned text to its vector
 # changes (tokenizer settings, truncation, pooling), which the checkpoint files can't reveal.
-CACHE_VERSION = 1
+# 2: raw-text entries are stored with a marker for texts that clean to nothing (encoder.py);
+# version 1 caches had none, so their raw entries can't say which texts give no unit.
+CACHE_VERSION = 2
 MAX_SEGMENTS = 64  # store() compacts a namespace holding more
 NAMESPACE_CHARS = 20
 READ_CHUNK = 1 << 20  # fingerprinting reads 1 MiB at a time
