@@ -94,6 +94,8 @@ class Recommender:
         sentiment = None
         if model_path and SentimentClassifier.present(path):
             sentiment = SentimentClassifier.load(path, config.text)
+            if encoder.cache is not None:  # its probabilities cached beside the vectors
+                sentiment.enable_cache(cache_dir, encoder.cache.fingerprint)
         if not use_head:
             return cls(encoder, config, model_path=model_path, sentiment=sentiment)
         tower, interest, dislike_weight, id_vocab = model_dir.load_head(path)

@@ -94,6 +94,37 @@ def test_model_directory_holds_the_head(trained, tiny_ckpt):
     assert rec.sentiment is not None and not rec.trained
 
 
+def test_warm_cache_answers_without_cleaning_or_running_the_head(trained, tmp_path,
+                                                                  monkeypatch):
+    """With an encode cache the head's P(positive) of raw texts are kept: a warm call cleans
+    and runs nothing and gives the same floats; other head files are another namespace."""
+    import shutil
+    _, out = trained
+    texts = ["这个视频 不好看", "这个视频 好看 喜欢", "没有 推荐", "这个视频 不好看"]
+    plain = SentimentClassifier.load(out).predict(texts)
+    rec = Recommender.load(out, cache_dir=str(tmp_path / "cache"))
+    clf = rec.sentiment
+    assert clf.cache is not None and clf.cache.directory != rec.encoder.cache.directory
+    np.testing.assert_array_equal(clf.predict(texts), plain)  # cold: computed and stored
+    calls = []
+    monkeypatch.setattr(clf.pipeline, "clean_many", lambda batch: calls.append(batch))
+    monkeypatch.setattr(clf, "_logits", lambda *a: calls.append(a))
+    np.testing.assert_array_equal(clf.predict(texts[::-1]), plain[::-1])
+    assert calls == []  # every raw text was a hit
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    arrays = dict(np.load(other / "sentiment.npz"))
+    name = next(k for k in arrays if k.startswith("sentiment_head/0"))
+    arrays[name] = -arrays[name]  # the head's kernel flipped: another classifier
+    np.savez(other / "sentiment.npz", **arrays)
+    flipped = Recommender.load(str(other), cache_dir=str(tmp_path / "cache")).sentiment
+    assert flipped.cache.directory != clf.cache.directory
+    assert not np.allclose(flipped.predict(texts), plain, atol=1e-3)  # no stale hits
+    with pytest.raises(ValueError, match="not loaded from a model directory"):
+        SentimentClassifier(out).enable_cache(str(tmp_path / "cache"))
+
+
 def test_sentiment_command(trained, tmp_path, tiny_ckpt, capsys):
     _, out = trained
     inputs = tmp_path / "in.jsonl"

@@ -70,11 +70,30 @@ def model_fingerprint(files, pooling, precision="float32"):
     parts += [(path[len(prefix):], path) for path in sorted(glob.glob(glob.escape(prefix) +
                                                                       ".data-*"))]
     for role, path in parts:
-        with open(path, "rb") as f:
-            digest.update(f"{role}\0{os.fstat(f.fileno()).st_size}\0".encode("utf-8"))
-            for chunk in iter(lambda: f.read(READ_CHUNK), b""):
-                digest.update(chunk)
+        _digest_file(digest, role, path)
     return digest.hexdigest()
+
+
+def head_fingerprint(kind, base, paths):
+    """Hex SHA-1 of a head that runs on a fingerprinted encoder: ``kind`` (its cache's name),
+    ``base`` (the encoder's :func:`model_fingerprint`) and the bytes of its own files
+    ``paths`` (a missing one enters as absent). A sentiment head's cached probabilities live in
+    this namespace, next to the vectors' (sentiment.py)."""
+    digest = hashlib.sha1(f"bert_rec {kind} cache v{CACHE_VERSION}\0{base}\0".encode())
+    for path in paths:
+        if os.path.isfile(path):
+            _digest_file(digest, os.path.basename(path), path)
+        else:
+            digest.update(f"{os.path.basename(path)}\0absent\0".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _digest_file(digest, role, path):
+    """Feed a file's role, size and bytes into ``digest``, 1 MiB at a time."""
+    with open(path, "rb") as f:
+        digest.update(f"{role}\0{os.fstat(f.fileno()).st_size}\0".encode("utf-8"))
+        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+            digest.update(chunk)
 
 
 def text_key(text, max_len):
