@@ -44,6 +44,8 @@ def variants(previous, current):
         "+ new checkpoint": (current, before, {}, False),
         "all, attention tower": (current, {}, {}, True),
         "all, sequence tower": (current, {}, sequence, True),
+        # every part but the new checkpoint: the demo's model (make demo uses tiny-bert-zh)
+        "all, attention tower, previous checkpoint": (previous, {}, {}, True),
         "previous default, text only (no item ids)": (previous, before, text_only, False),
         "all, text only (no item ids)": (current, {}, text_only, True),
     }
