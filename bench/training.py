@@ -11,11 +11,16 @@ frozen encoder the step reads precomputed encoder vectors; with trained layers i
 forward and backward over every distinct text of the batch (history units and candidates):
 ``top-2`` only the top 2 layers, on the frozen layers' token states stored once when the trainer
 is built (``setup s`` includes that), ``top-2-off`` every layer at every step (the path before
-the stored states: ``finetune_top2_speedup`` is base top-2 over base top-2-off).
+the stored states: ``finetune_top2_speedup`` is base top-2 over base top-2-off). On a CPU with
+bfloat16 matmul instructions (AVX-512 BF16 or AMX) also ``top-2-bf16``: top-2 on stored states
+with ``TrainConfig.precision="bfloat16"`` (``bert-rec train --precision bfloat16``):
+``finetune_top2_bf16_speedup`` is base top-2-bf16 over base top-2-off (null elsewhere, where
+bfloat16 is emulated and slower).
 
 Then the same fit (``--train-layers 2`` on the shipped checkpoints/small-bert-zh, a slice of
 data/sample) with the frozen layers run at every step (two seeds: their spread is the
-yardstick) and on stored float32 and float16 states: loss and validation NDCG per epoch.
+yardstick) and on stored float32 and float16 states (and, with BF16 instructions, float16
+states trained in bfloat16): loss and validation NDCG per epoch.
 
 Each configuration and mode runs in its own child process. Time: median step after one
 warm-up step (which traces). Memory: the child's peak RSS during the measured steps, and its
@@ -37,9 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (CONFIGS, ROOT, SCRATCH, peak_mib, random_checkpoint,  # noqa: E402
                     reset_peak, rss_mib, table, write_result)
 
-# mode -> (trained encoder layers (None: every layer), TrainConfig.frozen_states)
-MODES = {"frozen": (0, "float16"), "top-2": (2, "float16"), "top-2-off": (2, "off"),
-         "all": (None, "float16")}
+# mode -> (trained encoder layers (None: every layer), TrainConfig.frozen_states, .precision)
+MODES = {"frozen": (0, "float16", "float32"), "top-2": (2, "float16", "float32"),
+         "top-2-off": (2, "off", "float32"), "all": (None, "float16", "float32"),
+         "top-2-bf16": (2, "float16", "bfloat16")}
+BF16_MODES = ("top-2-bf16",)  # run only on a CPU with bfloat16 instructions
 
 
 def sample_slice(n_items):
@@ -62,12 +69,13 @@ def child(name, mode, args):
     from bert_rec.training import Trainer  # noqa: PLC0415
 
     items, histories = sample_slice(args.items)
-    rec = Recommender.load(random_checkpoint(name))
+    trained, frozen_states, precision = MODES[mode]
+    rec = Recommender.load(random_checkpoint(name), precision=precision)
     layers = rec.encoder.transformer.num_hidden_layers
-    trained, frozen_states = MODES[mode]
     train_layers = layers if trained is None else trained
     config = TrainConfig(batch_size=args.batch_size, extra_negatives=args.negatives,
-                         train_layers=train_layers, frozen_states=frozen_states)
+                         train_layers=train_layers, frozen_states=frozen_states,
+                         precision=precision)
     started = time.perf_counter()
     trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
     setup = time.perf_counter() - started  # includes computing the stored states, if any
@@ -89,7 +97,7 @@ def child(name, mode, args):
         float(loss)
         times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    print(json.dumps({"config": name, "mode": mode, "layers": layers,
+    print(json.dumps({"config": name, "mode": mode, "precision": precision, "layers": layers,
                       "trained_layers": train_layers, "stored_states": stored,
                       "setup_s": setup, "examples": len(trainer.examples),
                       "batch_size": args.batch_size, "steps": steps, "step_s": step,
@@ -97,7 +105,9 @@ def child(name, mode, args):
                       "step_memory_mib": peak_mib() - before}))
 
 
-QUALITY_RUNS = [("off", 0), ("off", 1), ("float32", 0), ("float16", 0)]  # (frozen_states, seed)
+# (frozen_states, seed, precision); the bfloat16 run only on a CPU with BF16 instructions
+QUALITY_RUNS = [("off", 0, "float32"), ("off", 1, "float32"), ("float32", 0, "float32"),
+                ("float16", 0, "float32"), ("float16", 0, "bfloat16")]
 
 
 def quality(args):
@@ -106,20 +116,25 @@ def quality(args):
     and on their stored states in float32 and float16; one JSON line of loss and validation
     curves per run."""
     from bert_rec.config import TrainConfig  # noqa: PLC0415
+    from bert_rec.encoder import cpu_has_bf16  # noqa: PLC0415
     from bert_rec.recommend import Recommender  # noqa: PLC0415
     from bert_rec.training import Trainer  # noqa: PLC0415
 
     items, histories = sample_slice(args.quality_items)
     out = os.path.join(SCRATCH, "training-quality")
     shutil.rmtree(out, ignore_errors=True)
-    for frozen_states, seed in QUALITY_RUNS:
-        rec = Recommender.load(os.path.join(ROOT, "checkpoints", "small-bert-zh"))
+    for frozen_states, seed, precision in QUALITY_RUNS:
+        if precision == "bfloat16" and not cpu_has_bf16():
+            continue
+        rec = Recommender.load(os.path.join(ROOT, "checkpoints", "small-bert-zh"),
+                               precision=precision)
         config = TrainConfig(train_layers=2, frozen_states=frozen_states, seed=seed,
-                             epochs=args.quality_epochs, patience=args.quality_epochs)
+                             epochs=args.quality_epochs, patience=args.quality_epochs,
+                             precision=precision)
         started = time.perf_counter()
         trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
-        history = trainer.fit(os.path.join(out, f"{frozen_states}-{seed}"))
-        print(json.dumps({"frozen_states": frozen_states, "seed": seed,
+        history = trainer.fit(os.path.join(out, f"{frozen_states}-{seed}-{precision}"))
+        print(json.dumps({"frozen_states": frozen_states, "seed": seed, "precision": precision,
                           "seconds": time.perf_counter() - started,
                           "examples": len(trainer.examples),
                           "loss": [h["loss"] for h in history],
@@ -143,7 +158,8 @@ def run_child(extra, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=None, choices=list(MODES),
+                        help="default: all (top-2-bf16 only on a CPU with BF16 instructions)")
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--negatives", type=int, default=16)
@@ -163,6 +179,9 @@ def main(argv=None):
     if args.quality_child:
         quality(args)
         return 0
+    from bert_rec.encoder import cpu_has_bf16  # noqa: PLC0415
+    if args.modes is None:
+        args.modes = [m for m in MODES if m not in BF16_MODES or cpu_has_bf16()]
     runs = []
     for name in args.configs:
         random_checkpoint(name)  # made once, outside the measured children
@@ -184,13 +203,21 @@ def main(argv=None):
         summary["finetune_top2_speedup"] = rate["base", "top-2"] / rate["base", "top-2-off"]
         print(f"\nbase --train-layers 2: {summary['finetune_top2_speedup']:.2f}x the examples/s "
               f"of running the frozen layers at every step")
+    summary["finetune_top2_bf16_speedup"] = None  # null without BF16 instructions
+    if ("base", "top-2-bf16") in rate and ("base", "top-2-off") in rate:
+        summary["finetune_top2_bf16_speedup"] = (rate["base", "top-2-bf16"]
+                                                 / rate["base", "top-2-off"])
+        print(f"base --train-layers 2 --precision bfloat16: "
+              f"{summary['finetune_top2_bf16_speedup']:.2f}x")
     curves = [] if args.no_quality else run_child(["--quality-child"], args)
     if curves:
         print(f"\n--train-layers 2 on checkpoints/small-bert-zh, data/sample restricted to "
               f"{args.quality_items} items ({curves[0]['examples']} examples), "
               f"{args.quality_epochs} epochs\n")
-        table(["frozen layers", "seed", "loss per epoch", "val NDCG@10 per epoch", "seconds"],
-              [[c["frozen_states"], c["seed"], " ".join(f"{x:.4f}" for x in c["loss"]),
+        table(["frozen layers", "precision", "seed", "loss per epoch", "val NDCG@10 per epoch",
+               "seconds"],
+              [[c["frozen_states"], c["precision"], c["seed"],
+                " ".join(f"{x:.4f}" for x in c["loss"]),
                 " ".join(f"{x:.4f}" for x in c["val_ndcg"]), c["seconds"]] for c in curves])
     write_result("training", {"batch_size": args.batch_size, "negatives": args.negatives,
                               "items": args.items, "runs": runs, "quality": curves}, summary)

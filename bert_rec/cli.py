@@ -89,6 +89,21 @@ def add_recommend_parser(sub):
     rec.set_defaults(func=commands.cmd_recommend)
 
 
+def _add_encoder_training_args(parser, defaults):
+    """train's options for how the encoder's layers run while training."""
+    parser.add_argument("--frozen-states", choices=FROZEN_STATES,
+                        help=f"with --train-layers N below the depth: keep the frozen layers' "
+                             f"token states of every text (computed once) in float16 or float32, "
+                             f"or 'off' to run those layers at every step (default "
+                             f"{defaults.frozen_states})")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"the text encoder's compute precision while training (default "
+                             f"{defaults.precision}). bfloat16 runs the trained and frozen "
+                             f"layers' matmuls in bfloat16 with float32 weights: faster on CPUs "
+                             f"with AVX-512 BF16 or AMX (README 'Speed'); the model is saved, "
+                             f"tested and served in float32")
+
+
 def add_train_parser(sub):
     defaults = TrainConfig()
     train = sub.add_parser(
@@ -107,11 +122,7 @@ def add_train_parser(sub):
     train.add_argument("--train-layers", type=int,
                        help="fine-tune the top N encoder layers (default 0: frozen encoder, "
                             "fast on CPU)")
-    train.add_argument("--frozen-states", choices=FROZEN_STATES,
-                       help=f"with --train-layers N below the depth: keep the frozen layers' "
-                            f"token states of every text (computed once) in float16 or float32, "
-                            f"or 'off' to run those layers at every step (default "
-                            f"{defaults.frozen_states})")
+    _add_encoder_training_args(train, defaults)
     train.add_argument("--extra-negatives", type=int,
                        help=f"random negatives per batch besides the in-batch ones (default "
                             f"{defaults.extra_negatives})")

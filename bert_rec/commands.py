@@ -113,12 +113,7 @@ def cmd_recommend(args):
     histories = _only_selected(args, histories)
     from .recommend import Recommender  # noqa: PLC0415  (TensorFlow loads only here)
     started = time.time()
-    if args.precision == "bfloat16":
-        from .encoder import cpu_has_bf16  # noqa: PLC0415
-        if not cpu_has_bf16():
-            print("bert-rec: warning: this CPU has no bfloat16 instructions (avx512_bf16 or "
-                  "amx_bf16 in /proc/cpuinfo): --precision bfloat16 is emulated here and "
-                  "slower than float32", file=sys.stderr)
+    _warn_if_emulated(args.precision)
     recommender = Recommender.load(args.model, cache_dir=cache_dir(args),
                                    overrides=model_overrides(args, changes),
                                    precision=args.precision)
@@ -191,6 +186,16 @@ def _only_selected(args, histories):
     return histories
 
 
+def _warn_if_emulated(precision):
+    """Warn that bfloat16 is emulated (slower than float32) on a CPU without BF16 instructions."""
+    if precision == "bfloat16":
+        from .encoder import cpu_has_bf16  # noqa: PLC0415
+        if not cpu_has_bf16():
+            print("bert-rec: warning: this CPU has no bfloat16 instructions (avx512_bf16 or "
+                  "amx_bf16 in /proc/cpuinfo): --precision bfloat16 is emulated here and "
+                  "slower than float32", file=sys.stderr)
+
+
 def cmd_train(args):
     if args.num_workers is not None:
         from .ray_train import launch  # noqa: PLC0415  (Ray Train starts the workers)
@@ -204,6 +209,7 @@ def cmd_train(args):
         from . import distributed  # noqa: PLC0415  (TensorFlow loads here)
         cluster = distributed.Cluster(distributed.read_tf_config())  # before any other TF op
     items, histories = load_inputs(args)
+    _warn_if_emulated(config.precision)
     from .training import CURVES_NAME, STATE_DIR, train  # noqa: PLC0415
     started = time.time()
     history, _ = train(args.model, items, histories, args.out, config, resume=args.resume,
@@ -220,7 +226,7 @@ def cmd_train(args):
 
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "temperature", "train_layers",
-                "frozen_states", "extra_negatives", "objective", "patience", "k", "seed")
+                "frozen_states", "precision", "extra_negatives", "objective", "patience", "k", "seed")
 
 
 def _train_flags(args):

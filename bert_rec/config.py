@@ -17,8 +17,8 @@ WHITENINGS = ("none", "center", "whiten")
 POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
 TRUNCATIONS = ("head", "head_tail")  # how a text longer than max_len is cut (tokenization.py)
 FROZEN_STATES = ("float16", "float32", "off")  # TrainConfig.frozen_states
-# The text encoder's compute precision at inference (encoder.py): float32, or Keras's
-# mixed_bfloat16 policy (bfloat16 matmuls; worth it on CPUs with AVX-512 BF16 or AMX).
+# The text encoder's compute precision at inference and in training (encoder.py): float32, or
+# Keras's mixed_bfloat16 policy (bfloat16 matmuls; worth it on CPUs with AVX-512 BF16 or AMX).
 PRECISIONS = ("float32", "bfloat16")
 # Weight of each behaviour type in the user's interest (and in the baselines' profiles).
 DEFAULT_BEHAVIOR_WEIGHTS = {"view": 1.0, "click": 2.0, "rate": 3.0, "comment": 3.0}
@@ -190,6 +190,10 @@ class TrainConfig:
     # With 0 < train_layers < depth, the frozen lower layers' token states of every text are
     # computed once and kept (float16 or float32); "off" runs them at every step (training.py).
     frozen_states: str = "float16"
+    # The text encoder's compute precision while training (PRECISIONS): bfloat16 runs its
+    # matmuls in bfloat16 (Keras's mixed_bfloat16: float32 master weights and optimizer), worth
+    # it on CPUs with AVX-512 BF16 or AMX; the model is saved and tested in float32 either way.
+    precision: str = "float32"
     extra_negatives: int = 256
     logq_correction: bool = True
     id_embeddings: bool = True
@@ -217,6 +221,9 @@ class TrainConfig:
         if self.frozen_states not in FROZEN_STATES:
             raise ValueError(f"frozen_states must be one of {', '.join(FROZEN_STATES)}, "
                              f"got {self.frozen_states!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
 
 
 @dataclasses.dataclass(frozen=True)

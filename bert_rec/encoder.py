@@ -24,7 +24,8 @@ EMPTY_MARK = "\0empty"
 
 # config.PRECISIONS. float32: exact. bfloat16: Keras's ``mixed_bfloat16`` policy (weights kept
 # in float32, matmuls and activations in bfloat16); vectors come out as float32 either way.
-# Inference only: a bfloat16 encoder is never trained or saved.
+# A bfloat16 encoder is never saved: ``as_float32`` gives the float32 twin of its live weights
+# (training.py trains in bfloat16, then saves and tests that twin).
 
 
 def cpu_has_bf16():
@@ -47,7 +48,7 @@ def default_batch_size(hidden_size):
 
 
 @contextlib.contextmanager
-def _policy(precision):
+def precision_policy(precision):
     """Keras layers built inside use ``precision``'s dtype policy; the previous one returns."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -71,7 +72,7 @@ class TextEncoder:
         self.pooling = pooling
         self.batch_size = batch_size or default_batch_size(self.files.config["hidden_size"])
         self.precision = precision
-        with _policy(precision):
+        with precision_policy(precision):
             self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
                                          return_keras_model=False)
             self.model = build_text_encoder(self.transformer.model, pooling)
@@ -88,6 +89,18 @@ class TextEncoder:
     @property
     def dim(self):
         return int(self.model.output_shape[-1])
+
+    def as_float32(self):
+        """This encoder computing in float32 with the same live weights (itself if it does):
+        the model to save, test and export after training in bfloat16. Shares the tokenizer
+        files and the text pipeline; no cache (trained weights are not the files')."""
+        if self.precision == "float32":
+            return self
+        twin = TextEncoder(self.files, pooling=self.pooling, batch_size=self.batch_size)
+        twin.pipeline = self.pipeline
+        # mixed_bfloat16 keeps float32 variables, created in the same order: a plain copy
+        twin.transformer.model.set_weights(self.transformer.model.get_weights())
+        return twin
 
     def enable_cache(self, root):
         """Keep vectors between runs in an ``encode_cache.EncodeCache`` under ``root``.
@@ -206,7 +219,7 @@ class TextEncoder:
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)  # [U, H]
         # The policy stays on while the function traces: bert4keras builds some layers
         # (attention dropout) inside ``call``, and they must take the same dtype policy.
-        with _policy(self.precision), progress_bar(total=len(texts), desc=desc,
+        with precision_policy(self.precision), progress_bar(total=len(texts), desc=desc,
                                                    unit="text") as bar:
             for rows in plan_batches([len(s) for s in sequences], self.batch_size):
                 token_ids, segment_ids = pad_batch([sequences[i] for i in rows])  # [b, L]

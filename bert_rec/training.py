@@ -30,7 +30,7 @@ import numpy as np
 
 from .backend import keras, tf
 from .config import TrainConfig
-from .encoder import plan_batches
+from .encoder import plan_batches, precision_policy
 from .evaluation import evaluate_scores, leave_last_out
 from .models import (build_towers, split_text_encoder, train_top_layers, user_tower,
                      whitened_tower)
@@ -200,11 +200,14 @@ class StoredStates:
                   f"{FROZEN_STATES_LIMIT / 2**30:.0f} GiB): running those layers at every step "
                   f"instead", file=log)
             return None
-        lower, upper = split_text_encoder(transformer, encoder.pooling, trained)
-        run = tf.function(lambda t: lower([t, tf.zeros_like(t)], training=False),
+        with precision_policy(encoder.precision):  # the new layers take the encoder's policy
+            lower, upper = split_text_encoder(transformer, encoder.pooling, trained)
+        run = tf.function(lambda t: tf.cast(lower([t, tf.zeros_like(t)], training=False),
+                                            tf.float32),
                           input_signature=[tf.TensorSpec([None, None], tf.int32)])
         states = np.zeros(data.tokens.shape + (transformer.hidden_size,), dtype)
-        with progress_bar(total=len(data.lengths), desc="frozen layers", unit="text") as bar:
+        with precision_policy(encoder.precision), \
+                progress_bar(total=len(data.lengths), desc="frozen layers", unit="text") as bar:
             for rows in plan_batches(data.lengths, encoder.batch_size):
                 length = int(data.lengths[rows].max())
                 states[rows, :length] = run(tf.constant(data.tokens[rows, :length])).numpy()
@@ -230,6 +233,19 @@ class StoredStates:
         # row order[i] of the sorted concatenation is row i of unique: scatter back
         return tf.scatter_nd(order[:, None], tf.concat(parts, 0),
                              tf.stack([count, tf.shape(parts[0])[1]]))
+
+
+def click_loss(head, interest, candidates, target_pos, click_neg, example_weights=None):
+    """Loss of the click classifier ``head`` (num_classes=2) on [u, x, u*x]: target = click,
+    random item = not."""
+    u = tf.math.l2_normalize(interest, -1)
+    pos = tf.math.l2_normalize(tf.gather(candidates, target_pos), -1)
+    neg = tf.math.l2_normalize(tf.gather(candidates, click_neg), -1)
+    feats = tf.concat([tf.concat([u, pos, u * pos], -1), tf.concat([u, neg, u * neg], -1)], 0)
+    labels = tf.concat([tf.ones_like(target_pos), tf.zeros_like(click_neg)], 0)
+    weights = None if example_weights is None else tf.concat([example_weights] * 2, 0) / 2
+    return _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, head(feats)), weights)
 
 
 class Trainer:
@@ -278,7 +294,10 @@ class Trainer:
         tower = whitened_tower(raw[:len(self.items)], self.rec.config, num_ids=len(self.id_vocab))
         attention = user_tower(cfg.user_tower, tower.output_dim, cfg.attention_units,
                                cfg.sequence_heads)
-        self.towers = build_towers(tower, attention, enc.model,
+        # A bfloat16 encoder joins no float32 Keras graph: recommender() builds the saved towers
+        # around its float32 twin.
+        self.towers = build_towers(tower, attention,
+                                   enc.model if enc.precision == "float32" else None,
                                    self.rec.config.scoring.dislike_weight)
         self.click_head = keras.layers.Dense(2, name="click_head")
         self.click_head.build((None, 3 * tower.output_dim))
@@ -334,14 +353,16 @@ class Trainer:
         if self.raw_table is not None:
             return tf.gather(self.raw_table, rows)
         unique, index = tf.unique(rows)
-        if self.stored is not None:  # only the trained layers run, on the stored states
-            vectors = self.stored.vectors(unique, training)  # [U, H]
-        else:
-            length = tf.reduce_max(tf.gather(self._lengths, unique))
-            token_ids = tf.gather(self._tokens, unique)[:, :length]  # [U, L]
-            vectors = self.rec.encoder.model([token_ids, tf.zeros_like(token_ids)],
-                                             training=training)  # [U, H]
-        return tf.gather(vectors, index)
+        # bert4keras builds some layers (dropout) while tracing: they take the encoder's policy
+        with precision_policy(self.rec.encoder.precision):
+            if self.stored is not None:  # only the trained layers run, on the stored states
+                vectors = self.stored.vectors(unique, training)  # [U, H]
+            else:
+                length = tf.reduce_max(tf.gather(self._lengths, unique))
+                token_ids = tf.gather(self._tokens, unique)[:, :length]  # [U, L]
+                vectors = self.rec.encoder.model([token_ids, tf.zeros_like(token_ids)],
+                                                 training=training)  # [U, H]
+        return tf.gather(tf.cast(vectors, tf.float32), index)
 
     def _vectors(self, rows, training):
         """Unit-table rows (any shape) -> scoring vectors [..., D] through the item tower."""
@@ -368,8 +389,8 @@ class Trainer:
             loss = _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target_pos, logits),
                          example_weights)
             if cfg.objective != "softmax":
-                click = self._click_loss(interest, candidates, target_pos, click_neg,
-                                         example_weights)
+                click = click_loss(self.click_head, interest, candidates, target_pos,
+                                   click_neg, example_weights)
                 loss = click if cfg.objective == "click" else loss + cfg.click_weight * click
         grads = tape.gradient(loss, variables)
         n_head = len(self.head_variables)
@@ -380,17 +401,6 @@ class Trainer:
                                           target_pos), tf.float32), example_weights)
         return loss, accuracy
 
-    def _click_loss(self, interest, candidates, target_pos, click_neg, example_weights=None):
-        """Click classifier (num_classes=2) on [u, x, u*x]: target = click, random item = not."""
-        u = tf.math.l2_normalize(interest, -1)
-        pos = tf.math.l2_normalize(tf.gather(candidates, target_pos), -1)
-        neg = tf.math.l2_normalize(tf.gather(candidates, click_neg), -1)
-        feats = tf.concat([tf.concat([u, pos, u * pos], -1), tf.concat([u, neg, u * neg], -1)], 0)
-        labels = tf.concat([tf.ones_like(target_pos), tf.zeros_like(click_neg)], 0)
-        weights = None if example_weights is None else tf.concat([example_weights] * 2, 0) / 2
-        return _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels, self.click_head(feats)), weights)
-
     def _batch(self, indices, rng):
         """Step inputs for the examples at ``indices``."""
         return training_batch(self.data, indices, rng, len(self.items),
@@ -398,8 +408,11 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------
     def recommender(self):
-        """A Recommender sharing the trained towers (index it before use)."""
-        return Recommender(self.rec.encoder, self.rec.config, self.towers, self.id_vocab,
+        """A Recommender sharing the trained towers (index it before use). After training in
+        bfloat16, its encoder is the float32 twin of the trained one (``as_float32``): the
+        model that is saved, tested and exported."""
+        encoder, towers = _float32_parts(self.rec.encoder, self.towers)
+        return Recommender(encoder, self.rec.config, towers, self.id_vocab,
                            sentiment=self.rec.sentiment)
 
     def validate(self, cases):
@@ -484,6 +497,16 @@ class Trainer:
                 "seconds": round(time.time() - started, 2)}
 
 
+def _float32_parts(encoder, towers):
+    """(encoder, towers) as they are, or after training in bfloat16 the float32 twin of the
+    trained encoder and the trained towers around it."""
+    twin = encoder.as_float32()
+    if twin is encoder:
+        return encoder, towers
+    return twin, build_towers(towers.item_tower, towers.interest, twin.model,
+                              towers.dislike_weight)
+
+
 def _start(trainer, state_dir, resume, chief=True):
     """A trainer's history so far: the last epoch's state restored for --resume, else [] (and
     a refusal to clobber an unfinished run). Every worker of a cluster reads the chief's
@@ -555,14 +578,16 @@ def train(model_path, items, histories, out_dir, config=None, resume=False, log=
     config = config or TrainConfig()
     with cluster.scope() if cluster is not None else contextlib.nullcontext():
         base = Recommender.load(model_path, zero_shot=True, cache_dir=cache_dir,
-                                overrides=overrides)
+                                overrides=overrides, precision=config.precision)
         trainer = Trainer(base, items, histories, config, log=log, cluster=cluster)
     print(f"training on {len(trainer.examples)} examples from {len(trainer.val_cases)} users "
           f"({trainer.skipped} skipped), validating on their last-but-one items", file=log)
     history = trainer.fit(out_dir, resume=resume)
     if cluster is not None and not cluster.is_chief:
         return history, trainer.recommender()
-    rec = trainer.recommender().index_items(items, raw=trainer.encode_rows(items_only=True))
+    # The catalogue's vectors as trained, or (bfloat16 training) encoded again in float32
+    raw = trainer.encode_rows(items_only=True) if config.precision == "float32" else None
+    rec = trainer.recommender().index_items(items, raw=raw)
     rec.save(out_dir, keep=(STATE_DIR,))
     return history, rec
 

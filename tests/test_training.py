@@ -202,3 +202,55 @@ def test_frozen_states_are_skipped_when_every_layer_trains(tiny_ckpt, data):
     trainer = Trainer(Recommender.load(tiny_ckpt, zero_shot=True), items, histories,
                       _config(train_layers=2))  # the tiny checkpoint's depth
     assert trainer.stored is None and trainer.encoder_variables
+
+
+def _cosines(a, b):
+    a, b = np.reshape(a, (len(a), -1)), np.reshape(b, (len(b), -1))
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_bfloat16_training_steps_in_bfloat16_and_saves_the_trained_float32_twin(
+        tiny_ckpt, data, tmp_path):
+    """--precision bfloat16: the trained layers compute in bfloat16 on the stored states, with
+    vectors and encoder gradients those of float32 up to bfloat16 rounding; the saved model is
+    float32 and holds exactly the trained weights (it reloads to the returned model's scores)."""
+    items, histories = data
+    import tensorflow as tf
+
+    def run(precision):
+        base = Recommender.load(tiny_ckpt, zero_shot=True, precision=precision)
+        trainer = Trainer(base, items, histories, _config(train_layers=1, precision=precision))
+        rows = tf.constant(np.arange(len(trainer.data.lengths), dtype=np.int32))
+        with tf.GradientTape() as tape:
+            vectors = trainer._raw(rows, training=False)
+            loss = tf.reduce_sum(tf.square(vectors))
+        grads = tape.gradient(loss, trainer.encoder_variables)
+        return trainer, vectors, [g.numpy() for g in grads]
+
+    _, full, full_grads = run("float32")
+    low_trainer, low, low_grads = run("bfloat16")
+    assert low.dtype == tf.float32 and low_trainer.stored is not None
+    assert {layer.compute_dtype for layer in low_trainer.stored.upper.layers
+            if layer.name.startswith("Transformer-1-")} == {"bfloat16"}
+    assert _cosines(low.numpy(), full.numpy()).min() > 0.999
+    assert len(low_grads) == len(full_grads) > 0
+    assert all(g.dtype == np.float32 for g in low_grads)  # float32 master weights
+    largest = max(np.linalg.norm(g) for g in full_grads)
+    for a, b in zip(low_grads, full_grads):
+        if np.linalg.norm(b) > 1e-6 * largest:
+            assert _cosines(a.reshape(1, -1), b.reshape(1, -1))[0] > 0.999
+        else:  # a gradient that is 0 in exact arithmetic (the key bias): rounding noise only
+            assert np.linalg.norm(a) < 1e-5 * largest
+
+    out = str(tmp_path / "bf16")
+    _, rec = train(tiny_ckpt, items, histories, out,
+                   _config(epochs=2, train_layers=1, precision="bfloat16"))
+    assert rec.encoder.precision == "float32"
+    loaded = Recommender.load(out).index_items(items)
+    users = [histories[u] for u in sorted(histories)[:5]]
+    np.testing.assert_allclose(loaded.score(users), rec.score(users), atol=1e-5)
+    pretrained = Recommender.load(tiny_ckpt).encoder.transformer.layers
+    saved = loaded.encoder.transformer.layers
+    for name, moved in (("Transformer-0-FeedForward", False), ("Transformer-1-FeedForward", True)):
+        same = np.array_equal(saved[name].get_weights()[0], pretrained[name].get_weights()[0])
+        assert same != moved, name
