@@ -43,8 +43,12 @@ from .utils.progress import progress_bar
 # The largest token-state table (TrainConfig.frozen_states) kept in memory; above it the frozen
 # layers run at every step as before. 6 GiB is ~75k texts of 64 tokens at base size in float16.
 FROZEN_STATES_LIMIT = 6 * 2**30
-# Length buckets of the trained layers' input in one training step (StoredStates.vectors).
-STEP_BUCKETS = 4
+# Length buckets of the trained layers' input in one training step (StoredStates.vectors), by
+# TrainConfig.precision. Measured on base --train-layers 2 (2 cores, AMX-BF16 CPU, median of 5
+# steps): float32 0.86 s with 2 or 4 buckets (4 kept: it was faster on the AVX2 machine);
+# bfloat16 0.55-0.56 s with 2, 0.59 with 1, 0.65-0.69 with 4, 0.93 with 8: AMX's bfloat16
+# matmuls want fewer, larger products more than they lose to the extra padding.
+STEP_BUCKETS = {"float32": 4, "bfloat16": 2}
 
 STATE_DIR = "training"
 CURVES_NAME = "training_curves.png"
@@ -180,9 +184,10 @@ class StoredStates:
     trained top layers that run on them (models.split_text_encoder): with --train-layers N below
     the depth, a training step runs only those N layers instead of the whole encoder."""
 
-    def __init__(self, upper, states, tokens, lengths):
+    def __init__(self, upper, states, tokens, lengths, buckets=STEP_BUCKETS["float32"]):
         self.upper, self.states = upper, states
         self.tokens, self.lengths = tokens, lengths
+        self.buckets = buckets
 
     @classmethod
     def build(cls, encoder, data, tokens, lengths, trained, dtype, log):
@@ -214,18 +219,18 @@ class StoredStates:
                 bar.update(len(rows))
         print(f"stored the frozen layers' token states: {states.nbytes / 2**20:.0f} MiB "
               f"({dtype})", file=log)
-        return cls(upper, tf.constant(states), tokens, lengths)
+        return cls(upper, tf.constant(states), tokens, lengths, STEP_BUCKETS[encoder.precision])
 
     def vectors(self, unique, training):
         """Trained layers over the stored states of distinct rows [U] -> [U, H], in
-        ``STEP_BUCKETS`` chunks of rows sorted by length, each padded only to its own longest
+        ``buckets`` chunks of rows sorted by length, each padded only to its own longest
         text (one batch of mixed lengths padded to the longest wastes part of the work)."""
         order = tf.argsort(tf.gather(self.lengths, unique))
         count = tf.size(unique)
         parts = []
-        for k in range(STEP_BUCKETS):
-            chunk = tf.gather(unique, order[k * count // STEP_BUCKETS:
-                                            (k + 1) * count // STEP_BUCKETS])
+        for k in range(self.buckets):
+            chunk = tf.gather(unique, order[k * count // self.buckets:
+                                            (k + 1) * count // self.buckets])
             length = tf.reduce_max(tf.concat([tf.gather(self.lengths, chunk), [1]], 0))
             states = tf.cast(tf.gather(self.states, chunk)[:, :length], tf.float32)
             token_ids = tf.gather(self.tokens, chunk)[:, :length]
