@@ -2,7 +2,7 @@
 #              on the log's rated comments, fine-tune briefly, evaluate against the baselines,
 #              print explained recommendations and write out/demo/report.html
 # make test  - set up .venv if needed, then run the test suite
-# make bench - set up .venv if needed, then run the speed benchmarks (bench/, ~45 min on 2 cores);
+# make bench - set up .venv if needed, then run the speed benchmarks (bench/, 30-50 min on 2 cores);
 #              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # TensorFlow build: cpu (default: tensorflow-cpu, no GPU needed), gpu (tensorflow[and-cuda]) or
