@@ -203,7 +203,8 @@ def main(argv=None):
         summary["finetune_top2_speedup"] = rate["base", "top-2"] / rate["base", "top-2-off"]
         print(f"\nbase --train-layers 2: {summary['finetune_top2_speedup']:.2f}x the examples/s "
               f"of running the frozen layers at every step")
-    summary["finetune_top2_bf16_speedup"] = None  # null without BF16 instructions
+    if not cpu_has_bf16():
+        summary["finetune_top2_bf16_speedup"] = None  # null without BF16 instructions
     if ("base", "top-2-bf16") in rate and ("base", "top-2-off") in rate:
         summary["finetune_top2_bf16_speedup"] = (rate["base", "top-2-bf16"]
                                                  / rate["base", "top-2-off"])

@@ -219,8 +219,8 @@ class TextEncoder:
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)  # [U, H]
         # The policy stays on while the function traces: bert4keras builds some layers
         # (attention dropout) inside ``call``, and they must take the same dtype policy.
-        with precision_policy(self.precision), progress_bar(total=len(texts), desc=desc,
-                                                   unit="text") as bar:
+        with precision_policy(self.precision), \
+                progress_bar(total=len(texts), desc=desc, unit="text") as bar:
             for rows in plan_batches([len(s) for s in sequences], self.batch_size):
                 token_ids, segment_ids = pad_batch([sequences[i] for i in rows])  # [b, L]
                 vectors[rows] = self._encode_batch(tf.constant(token_ids),

@@ -99,7 +99,7 @@ class Recommender:
         if not use_head:
             return cls(encoder, config, model_path=model_path, sentiment=sentiment)
         tower, interest, dislike_weight, id_vocab = model_dir.load_head(path)
-        towers = build_towers(tower, interest, _keras_encoder(encoder), dislike_weight)
+        towers = build_towers(tower, interest, keras_encoder(encoder), dislike_weight)
         return cls(encoder, config, towers, id_vocab, model_path, sentiment)
 
     def save(self, out_dir, keep=(), keras_models=True):
@@ -133,7 +133,7 @@ class Recommender:
         raw = self.encode_items(items) if raw is None else raw  # [M, H]
         if self._fit_on_catalogue:  # zero-shot: whitening of this catalogue
             self.towers = build_towers(whitened_tower(raw, self.config),
-                                       text_encoder=_keras_encoder(self.encoder),
+                                       text_encoder=keras_encoder(self.encoder),
                                        dislike_weight=self.config.scoring.dislike_weight)
         id_rows = [self.id_vocab.get(item.item_id, self.towers.num_ids) for item in items]
         self.catalogue = Catalogue(items, {item.item_id: i for i, item in enumerate(items)},
@@ -255,7 +255,7 @@ class Recommender:
             raise ValueError("no items indexed: call index_items(items) first")
 
 
-def _keras_encoder(encoder):
+def keras_encoder(encoder):
     """The text encoder model for the towers' ``item_encoder`` (saved and exported), or None
     for a bfloat16 encoder: it serves inference only and its layers can't join a float32
     Keras graph."""

@@ -34,7 +34,7 @@ from .encoder import plan_batches, precision_policy
 from .evaluation import evaluate_scores, leave_last_out
 from .models import (build_towers, split_text_encoder, train_top_layers, user_tower,
                      whitened_tower)
-from .recommend import Recommender
+from .recommend import Recommender, keras_encoder
 from .tokenization import encode_texts
 from .units import NEGATIVE, pad_units, polarities, text_unit_rows, user_units
 from .utils.atomic import save_figure, write_json
@@ -299,10 +299,9 @@ class Trainer:
         tower = whitened_tower(raw[:len(self.items)], self.rec.config, num_ids=len(self.id_vocab))
         attention = user_tower(cfg.user_tower, tower.output_dim, cfg.attention_units,
                                cfg.sequence_heads)
-        # A bfloat16 encoder joins no float32 Keras graph: recommender() builds the saved towers
-        # around its float32 twin.
-        self.towers = build_towers(tower, attention,
-                                   enc.model if enc.precision == "float32" else None,
+        # None for a bfloat16 encoder: recommender() builds the saved towers around its
+        # float32 twin.
+        self.towers = build_towers(tower, attention, keras_encoder(enc),
                                    self.rec.config.scoring.dislike_weight)
         self.click_head = keras.layers.Dense(2, name="click_head")
         self.click_head.build((None, 3 * tower.output_dim))
