@@ -263,6 +263,10 @@ def add_pretrain_parser(subparsers):
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--min-count", type=int, default=defaults.min_count,
                    help="vocabulary: drop characters/words seen fewer times (default 2)")
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                   help="compute precision of the matmuls (default float32). bfloat16 keeps "
+                        "float32 weights and optimizer and writes a float32 checkpoint: faster "
+                        "on CPUs with AVX-512 BF16 or AMX (README 'Speed')")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad input rows: stop with a message (default) or skip and count")
     p.add_argument("--behavior-names", nargs="+", metavar="NAME",

@@ -353,7 +353,7 @@ def pretrain_config(args):
         num_heads=args.heads, max_len=args.max_len, max_position=args.max_position,
         max_vocab=args.max_vocab, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, nsp=args.nsp, seed=args.seed,
-        min_count=args.min_count, holdout_texts=args.holdout)
+        min_count=args.min_count, holdout_texts=args.holdout, precision=args.precision)
 
 
 def cmd_pretrain(args):
@@ -363,6 +363,7 @@ def cmd_pretrain(args):
     if args.behaviors and not args.items:
         raise UsageError("--behaviors needs --items (behaviours refer to the catalogue's items)")
     config = pretrain_config(args)
+    _warn_if_emulated(config.precision)
     items, behaviors = [], []
     if args.items:
         items, report = read_items(args.items, on_error=args.on_error)

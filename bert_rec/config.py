@@ -237,7 +237,9 @@ class PretrainConfig:
     is the model's position table; sequences are cut to ``max_len`` tokens. ``holdout_texts``
     single texts (corpus lines, else behaviour texts) are kept out of training, and the
     masked-LM loss and accuracy on them are reported after every epoch.
-    ``learning_rate`` defaults to 1e-3 from scratch and 5e-5 when continuing.
+    ``learning_rate`` defaults to 1e-3 from scratch and 5e-5 when continuing. ``precision``
+    (PRECISIONS): bfloat16 runs the matmuls in bfloat16 with float32 weights and optimizer;
+    the checkpoint written is float32 either way.
     """
     init_checkpoint: str | None = None
     hidden_size: int = 128
@@ -253,8 +255,12 @@ class PretrainConfig:
     seed: int = 0
     min_count: int = 2
     holdout_texts: int = 0
+    precision: str = "float32"
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("max_len", 8), ("min_count", 1),
                           ("hidden_size", 1), ("num_layers", 1), ("num_heads", 1),
                           ("holdout_texts", 0)):

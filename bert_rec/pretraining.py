@@ -24,6 +24,9 @@ paired with the rest of its own text or with another item's. As in Google's chec
 
 Training is a plain ``tf.GradientTape`` loop (Adam with linear warm-up and decay, gradient
 clipping) over length-bucketed, dynamically padded batches; one ``tf.function`` step traced once.
+With ``precision="bfloat16"`` the model is built under Keras's mixed_bfloat16 policy: matmuls
+and activations in bfloat16, variables, gradients, optimizer and losses in float32, so the
+checkpoint written is the same float32 format.
 """
 
 import dataclasses
@@ -38,6 +41,7 @@ from .backend import Tokenizer, build_transformer_model, keras, reset_initialize
 from .checkpoint import (CheckpointError, bert_config, find_checkpoint, has_variable, load_bert,
                          save_checkpoint)
 from .config import PretrainConfig
+from .encoder import precision_policy
 from .optimization import WarmupLinearDecay, bucketed_batches
 from .tokenization import SPECIAL_TOKENS, build_char_vocab, load_tokenizer, pad_batch, read_vocab
 from .utils.atomic import write_json
@@ -314,7 +318,7 @@ def batch_stats(head, outputs, labels, nsp_labels, nsp):
     sequence = outputs[0]                                                # [B, L, H]
     positions = tf.where(labels > 0)                                     # [N, 2]
     targets = tf.gather_nd(labels, positions)                            # [N]
-    logits = head(tf.gather_nd(sequence, positions))                     # [N, V]
+    logits = tf.cast(head(tf.gather_nd(sequence, positions)), tf.float32)  # [N, V]
     token_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
     masked = tf.cast(tf.size(targets), tf.float32)
     mlm_sum = tf.reduce_sum(token_loss)
@@ -324,7 +328,7 @@ def batch_stats(head, outputs, labels, nsp_labels, nsp):
     zero = tf.constant(0.0)
     nsp_sum, nsp_n, nsp_ok = zero, zero, zero
     if nsp:
-        nsp_probs = outputs[1]                                           # [B, 2]
+        nsp_probs = tf.cast(outputs[1], tf.float32)                      # [B, 2]
         nsp_weights = tf.cast(nsp_labels >= 0, tf.float32)               # [B]
         # column 0 = "is next" (Google's convention); single texts (-1) are weighted out
         target = tf.cast(tf.not_equal(nsp_labels, 1), tf.int32)
@@ -347,8 +351,10 @@ _SIGNATURE = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
 class MLMTrainer:
     """The optimizer, training step and evaluation step of one transformer (traced once each)."""
 
-    def __init__(self, transformer, nsp, learning_rate, total_steps, warmup):
+    def __init__(self, transformer, nsp, learning_rate, total_steps, warmup, precision="float32"):
         self.nsp = nsp
+        # bert4keras creates its attention-dropout layer inside call(): trace under the policy
+        self.precision = precision
         self.head = MaskedLMHead(transformer)
         outputs = [self.head.sequence_output]
         if nsp:
@@ -365,13 +371,14 @@ class MLMTrainer:
         self.eval_step = tf.function(self._eval_step, input_signature=_SIGNATURE)
 
     def _eval_step(self, token_ids, segment_ids, labels, nsp_labels):
-        outputs = self.model([token_ids, segment_ids], training=False)
+        with precision_policy(self.precision):
+            outputs = self.model([token_ids, segment_ids], training=False)
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
         return batch_stats(self.head, outputs, labels, nsp_labels, self.nsp)
 
     def _train_step(self, token_ids, segment_ids, labels, nsp_labels):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, precision_policy(self.precision):
             outputs = self.model([token_ids, segment_ids], training=True)
             if not isinstance(outputs, (list, tuple)):
                 outputs = [outputs]
@@ -407,7 +414,11 @@ class _Meter:
 # ======================================================================================
 @dataclasses.dataclass
 class PretrainingResult:
-    """What :func:`run_pretraining` produced: the summary and the trained model in memory."""
+    """What :func:`run_pretraining` produced: the summary and the trained model in memory.
+
+    After ``precision="bfloat16"`` the in-memory model computes in bfloat16: call it inside
+    ``encoder.precision_policy("bfloat16")`` (bert4keras makes its attention dropout layer at
+    call time), or reload the float32 checkpoint written to ``out_dir``."""
     summary: dict
     transformer: object   # bert4keras Transformer (its .model has all heads)
     model: object         # keras Model: [MLM probs] (+ [NSP probs] with nsp)
@@ -460,7 +471,8 @@ def run_pretraining(items, behaviors=(), out_dir=None, config=None, *, corpus=()
     if not item_words and not single_words:
         raise ValueError("no text to pretrain on: every item, behaviour and corpus text is "
                          "empty after cleaning")
-    transformer, bert_cfg, vocab = _build_model(config, item_words, single_words)
+    with precision_policy(config.precision):  # layers take the policy when they are built
+        transformer, bert_cfg, vocab = _build_model(config, item_words, single_words)
     max_len = min(config.max_len, int(bert_cfg["max_position_embeddings"]))
     if max_len < config.max_len:
         print(f"max_len {config.max_len} > the checkpoint's max_position_embeddings "
@@ -479,13 +491,15 @@ def run_pretraining(items, behaviors=(), out_dir=None, config=None, *, corpus=()
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, int(WARMUP_FRACTION * total_steps))
-    trainer = MLMTrainer(transformer, config.nsp, config.peak_learning_rate, total_steps, warmup)
+    trainer = MLMTrainer(transformer, config.nsp, config.peak_learning_rate, total_steps, warmup,
+                         config.precision)
     source = "from " + config.init_checkpoint if config.init_checkpoint else "from scratch"
     print(f"pretraining {source}: {len(examples)} sequences ({corpus_stats['tokens']} tokens), "
           f"vocab {vocab.size}, {bert_cfg['num_hidden_layers']} layers x hidden "
           f"{bert_cfg['hidden_size']}, max_len {max_len}, {config.epochs} epochs x "
           f"{steps_per_epoch} steps, lr {config.peak_learning_rate:g}"
-          f"{', with NSP' if config.nsp else ''}", file=log)
+          f"{', with NSP' if config.nsp else ''}"
+          f"{', in bfloat16' if config.precision == 'bfloat16' else ''}", file=log)
     history = _train(trainer, examples, holdout, vocab, config, rng, total_steps, log)
 
     out_dir = save_checkpoint(transformer, bert_cfg, vocab.tokens, out_dir)

@@ -226,6 +226,38 @@ def test_nsp_pretraining_writes_and_reloads_the_nsp_head(tmp_path):
     np.testing.assert_allclose(got[1], want[0], rtol=1e-5, atol=1e-6)
 
 
+def test_bfloat16_pretraining_computes_in_bfloat16_and_writes_a_float32_checkpoint(tmp_path):
+    """precision="bfloat16": matmuls in bfloat16 (also the attention-dropout layer bert4keras
+    makes inside call()), losses and variables in float32; it learns like float32 and the
+    checkpoint reloads in float32 with the in-memory model's outputs up to bfloat16 rounding."""
+    from bert_rec.backend import keras
+    from bert_rec.encoder import precision_policy
+    out = str(tmp_path / "bf16")
+    result = run_pretraining(_items(), _behaviors(), out, epochs=8, learning_rate=3e-3, nsp=True,
+                             seed=1, min_count=1, precision="bfloat16", **TINY)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    layers = result.transformer.model.layers
+    assert {layer.compute_dtype for layer in layers
+            if layer.name.startswith("Transformer-0-")} == {"bfloat16"}
+    assert {v.dtype for v in result.trainer.variables} == {tf.float32}
+    history = result.summary["history"]
+    assert history[-1]["mlm_loss"] < history[0]["mlm_loss"] - 0.5, history
+    assert result.summary["settings"]["precision"] == "bfloat16"
+
+    files = find_checkpoint(out)
+    reader = tf.train.load_checkpoint(files.ckpt_prefix)
+    assert reader.get_variable_to_dtype_map()["bert/encoder/layer_0/output/dense/kernel"] \
+        == tf.float32
+    token_ids = np.array([[CLS_ID, 10, 11, MASK_ID, 13, SEP_ID]])
+    x = [token_ids, np.zeros_like(token_ids)]
+    reloaded = load_bert(files, with_mlm=True, with_nsp=True).predict(x, verbose=0)
+    with precision_policy("bfloat16"):  # bert4keras makes a layer at call time
+        in_memory = result.model.predict(x, verbose=0)
+    assert reloaded[1].dtype == np.float32  # a float32 model: the policy did not leak
+    np.testing.assert_allclose(reloaded[1], np.asarray(in_memory[0], np.float32), atol=0.02)
+    assert np.abs(reloaded[1] - np.asarray(in_memory[0], np.float32)).max() > 0  # bf16 ran
+
+
 def test_nsp_without_behaviors_pairs_title_and_text(tmp_path):
     summary = pretrain(_items(12), (), str(tmp_path / "nsp2"), epochs=1, nsp=True, min_count=1,
                        **TINY)
