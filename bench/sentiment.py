@@ -12,7 +12,8 @@ Splits, each trained and tested in this run with the same examples for both meth
 Training sets are capped at ``--max-train`` examples (seeded sample), test sets at
 ``--max-test``. bert_rec: ``SentimentClassifier`` on the shipped checkpoint, top
 ``--train-layers`` layers fine-tuned, best epoch by AUC on 5% of the training examples (with
-``--ngrams`` stacked on the TF-IDF n-gram model: BERT learns its residual); with
+``--ngrams`` stacked on the TF-IDF n-gram model: the two blended by a logistic regression on
+the validation reviews, bert_rec/ngrams.py); with
 ``--adapt-epochs N`` the checkpoint first continues masked-LM pretraining on the training
 reviews' text (domain-adaptive pretraining: ``bert-rec pretrain --init CKPT --corpus FILE``).
 Baseline: scikit-learn TfidfVectorizer over the same jieba words (unigrams + bigrams,

@@ -29,7 +29,7 @@ from .data import InputError, iter_records
 from .encoder import plan_batches
 from .models import build_text_encoder, train_top_layers
 from .ngrams import WEIGHTS_NAME as NGRAMS_NAME
-from .ngrams import NgramLogit, out_of_fold_logits
+from .ngrams import RESIDUAL_BLEND, NgramLogit, fit_blend
 from .optimization import WarmupLinearDecay, bucketed_batches
 from .text import TextPipeline
 from .tokenization import encode_texts, load_tokenizer, pad_batch
@@ -104,16 +104,13 @@ class SentimentClassifier:
         self.pooling, self.max_len, self.batch_size = pooling, max_len, batch_size
         self.truncation, self.use_ngrams = truncation, ngrams
         self.ngrams = None  # the fitted NgramLogit when stacked on n-grams (ngrams.py)
+        self.blend = dict(RESIDUAL_BLEND)  # how the n-gram and BERT log-odds combine
         self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
                                      return_keras_model=False)
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
         vector = build_text_encoder(self.transformer.model, pooling)([token_ids, segment_ids])
-        # Stacked on n-grams, the head starts at zero: P(positive) is the n-gram model's until
-        # fine-tuning finds what BERT adds (a random start would only add noise to it).
-        start = "zeros" if ngrams else "glorot_uniform"
-        logits = keras.layers.Dense(2, kernel_initializer=start,
-                                    name=HEAD_LAYER)(vector)                  # [B, 2]
+        logits = keras.layers.Dense(2, name=HEAD_LAYER)(vector)                  # [B, 2]
         self.model = keras.Model([token_ids, segment_ids], logits, name="sentiment")
         self.pipeline = TextPipeline(text_config) if text_config is not None else TextPipeline()
         self.tokenizer = load_tokenizer(self.files.vocab_path)
@@ -147,6 +144,7 @@ class SentimentClassifier:
                 "ngrams": self.ngrams is not None}
         if self.ngrams is not None:
             self.ngrams.save(directory)
+            meta["blend"] = self.blend
         with open(os.path.join(directory, META_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
 
@@ -164,6 +162,7 @@ class SentimentClassifier:
                   truncation=meta.get("truncation", "head"), ngrams=meta.get("ngrams", False))
         if clf.use_ngrams:
             clf.ngrams = NgramLogit.load(path)
+            clf.blend = meta.get("blend", RESIDUAL_BLEND)
         arrays = read_arrays(os.path.join(path, WEIGHTS_NAME))
         for layer in clf._trained_layers():
             count = len(layer.get_weights())
@@ -230,21 +229,29 @@ class SentimentClassifier:
         """P(positive) [N] of cleaned texts, each distinct one run once, in length buckets."""
         distinct = list(dict.fromkeys(cleaned))
         sequences = self.tokens(distinct, clean=False)
-        log_odds = self.offsets(distinct)
+        bert = np.zeros(len(distinct), np.float32)
         for rows in plan_batches([len(s) for s in sequences], self.batch_size):
             token_ids, segment_ids = pad_batch([sequences[i] for i in rows])
             logits = self._logits(tf.constant(token_ids), tf.constant(segment_ids)).numpy()
-            log_odds[rows] += logits[:, 1] - logits[:, 0]
+            bert[rows] = logits[:, 1] - logits[:, 0]
+        log_odds = self.combine(self.offsets(distinct), bert)
         positive = (0.5 * (1.0 + np.tanh(0.5 * log_odds))).astype(np.float32)  # sigmoid
         slot = {text: i for i, text in enumerate(distinct)}
         return positive[[slot[t] for t in cleaned]]
 
     def offsets(self, cleaned):
         """The n-gram model's log-odds [N] of cleaned texts (zeros without one): what BERT's
-        logit is added to."""
+        log-odds are blended with (``combine``)."""
         if self.ngrams is None:
             return np.zeros(len(cleaned), np.float32)
         return self.ngrams.logit([text.split() for text in cleaned])
+
+    def combine(self, ngram, bert):
+        """P(positive)'s log-odds from the n-gram model's and BERT's (ngrams.py, the blend)."""
+        if self.ngrams is None:
+            return bert
+        blend = self.blend
+        return (blend["ngram"] * ngram + blend["bert"] * bert + blend["bias"]).astype(np.float32)
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, texts, labels, val_texts, val_labels, epochs=3, batch_size=32,
@@ -257,21 +264,14 @@ class SentimentClassifier:
         cleaned = self.pipeline.clean_many(texts)
         sequences = self.tokens(cleaned, clean=False)
         labels = np.asarray(labels, np.int32)
-        offsets = np.zeros(len(labels), np.float32)
-        if self.use_ngrams:  # BERT learns the residual of out-of-fold n-gram logits
-            self.ngrams, offsets = out_of_fold_logits([t.split() for t in cleaned], labels,
-                                                      seed=seed)
-            self.meta["ngrams_validation_auc"] = roc_auc(
-                val_labels, self.offsets(self.pipeline.clean_many(val_texts)))
         steps = math.ceil(len(sequences) / batch_size) * epochs
         optimizer = keras.optimizers.Adam(WarmupLinearDecay(learning_rate, steps,
                                                             max(1, steps // 10)))
         variables = self.model.trainable_variables
         optimizer.build(variables)
-        step = tf.function(lambda t, s, y, o: self._train_step(optimizer, variables, t, s, y, o),
+        step = tf.function(lambda t, s, y: self._train_step(optimizer, variables, t, s, y),
                            input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2
-                           + [tf.TensorSpec([None], tf.int32),
-                              tf.TensorSpec([None], tf.float32)])
+                           + [tf.TensorSpec([None], tf.int32)])
         rng = np.random.default_rng(seed)
         history, best, best_auc = [], None, -1.0
         with progress_bar(total=steps, desc="training the sentiment head", unit="step") as bar:
@@ -280,8 +280,7 @@ class SentimentClassifier:
                 for rows in bucketed_batches([len(s) for s in sequences], batch_size, rng):
                     token_ids, segment_ids = pad_batch([sequences[i] for i in rows])
                     losses.append(float(step(tf.constant(token_ids), tf.constant(segment_ids),
-                                             tf.constant(labels[rows]),
-                                             tf.constant(offsets[rows]))))
+                                             tf.constant(labels[rows]))))
                     bar.update(1)
                 record = {"epoch": epoch, "loss": float(np.mean(losses)),
                           **self.evaluate(val_texts, val_labels),
@@ -295,13 +294,29 @@ class SentimentClassifier:
                     best_auc, best = record["auc"], [v.numpy() for v in variables]
         for variable, value in zip(variables, best):
             variable.assign(value)
+        if self.use_ngrams:
+            self._stack_on_ngrams(cleaned, labels, val_texts, val_labels)
         return history
 
-    def _train_step(self, optimizer, variables, token_ids, segment_ids, labels, offsets):
+    def _stack_on_ngrams(self, cleaned, labels, val_texts, val_labels):
+        """The n-gram half and the blend (ngrams.py): both models fitted on the training texts
+        alone, the blend on the validation texts, then the n-gram model on all of them."""
+        val_cleaned = self.pipeline.clean_many(val_texts)
+        words, val_words = [t.split() for t in cleaned], [t.split() for t in val_cleaned]
+        self.ngrams = None  # BERT's own log-odds first
+        bert = self._predict_cleaned(val_cleaned)
+        bert = np.log(np.maximum(bert, 1e-7)) - np.log(np.maximum(1.0 - bert, 1e-7))
+        ngram_model = NgramLogit.fit(words, labels)
+        ngram = ngram_model.logit(val_words)
+        self.blend = fit_blend(ngram, bert, val_labels)
+        self.meta.update(ngrams_validation_auc=roc_auc(val_labels, ngram),
+                         bert_validation_auc=roc_auc(val_labels, bert), blend=self.blend)
+        self.ngrams = NgramLogit.fit(words + val_words,
+                                     np.concatenate([labels, np.asarray(val_labels, np.int32)]))
+
+    def _train_step(self, optimizer, variables, token_ids, segment_ids, labels):
         with tf.GradientTape() as tape:
             logits = self.model([token_ids, segment_ids], training=True)         # [B, 2]
-            # the n-gram log-odds shift the positive class: P = sigmoid(l1 - l0 + offset)
-            logits = logits + tf.stack([tf.zeros_like(offsets), offsets], axis=1)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss

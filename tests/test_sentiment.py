@@ -209,7 +209,7 @@ def test_head_tail_truncation_keeps_the_verdict_at_the_end(tiny_ckpt):
 def test_ngram_model_is_the_baselines_and_round_trips(tmp_path):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from bert_rec.ngrams import NgramLogit, out_of_fold_logits
+    from bert_rec.ngrams import NgramLogit, fit_blend
     texts, labels = _toy(200, 3)
     words = [t.split() for t in texts]
     model = NgramLogit.fit(words, labels)
@@ -222,9 +222,15 @@ def test_ngram_model_is_the_baselines_and_round_trips(tmp_path):
     model.save(str(tmp_path))
     np.testing.assert_allclose(NgramLogit.load(str(tmp_path)).logit(words[:50]),
                                model.logit(words[:50]), atol=1e-6)
-    full, oof = out_of_fold_logits(words, labels)
-    assert oof.shape == (200,) and np.all(oof != 0)
-    np.testing.assert_allclose(full.logit(words), model.logit(words), atol=1e-6)
+    # the blend: a logistic regression on the two log-odds, weights >= 0
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good, noise = (2 * y - 1) + rng.normal(0, 1, 400), rng.normal(0, 1, 400)
+    blend = fit_blend(good, noise - 3 * (2 * y - 1), y)  # the second is anti-correlated
+    assert blend["bert"] == 0.0 and blend["ngram"] > 0.5
+    both = fit_blend(good, (2 * y - 1) + rng.normal(0, 1, 400), y)
+    assert both["ngram"] > 0.3 and both["bert"] > 0.3
+    assert fit_blend(good, noise, np.ones(400)) == {"ngram": 1.0, "bert": 1.0, "bias": 0.0}
 
 
 def test_head_stacked_on_ngrams(tiny_ckpt, tmp_path):
@@ -236,18 +242,23 @@ def test_head_stacked_on_ngrams(tiny_ckpt, tmp_path):
     test_texts, test_labels = _toy(80, 1)
     assert clf.evaluate(test_texts, test_labels)["auc"] > 0.95
     assert 0.5 < clf.meta["ngrams_validation_auc"] <= 1.0
+    assert 0.5 < clf.meta["bert_validation_auc"] <= 1.0
     meta = json.load(open(os.path.join(out, "sentiment.json"), encoding="utf-8"))
     assert meta["ngrams"] is True and os.path.isfile(os.path.join(out, "ngrams.npz"))
+    assert meta["blend"] == clf.blend and set(clf.blend) == {"ngram", "bert", "bias"}
+    assert clf.blend["ngram"] >= 0 and clf.blend["bert"] >= 0
     reloaded = SentimentClassifier.load(out)
-    assert reloaded.ngrams is not None
+    assert reloaded.ngrams is not None and reloaded.blend == clf.blend
     np.testing.assert_allclose(reloaded.predict(test_texts), clf.predict(test_texts), atol=1e-6)
-    # P(positive) is the sigmoid of the n-gram log-odds plus BERT's
+    # P(positive) = sigmoid(a * n-gram log-odds + b * BERT's + c)
     cleaned = clf.pipeline.clean_many(test_texts[:4])
-    bert_only = clf.ngrams
+    ngram_half = clf.ngrams
     clf.ngrams = None
     without = clf.predict(test_texts[:4])
-    clf.ngrams = bert_only
-    log_odds = np.log(without / (1 - without)) + bert_only.logit([c.split() for c in cleaned])
+    clf.ngrams = ngram_half
+    b = clf.blend
+    log_odds = (b["bert"] * np.log(without / (1 - without)) + b["bias"]
+                + b["ngram"] * ngram_half.logit([c.split() for c in cleaned]))
     np.testing.assert_allclose(clf.predict(test_texts[:4]), 1 / (1 + np.exp(-log_odds)),
                                atol=1e-5)
     # a recommender's model directory written from it keeps the n-gram half
@@ -256,3 +267,8 @@ def test_head_stacked_on_ngrams(tiny_ckpt, tmp_path):
     again = Recommender.load(saved).sentiment
     assert again.ngrams is not None
     np.testing.assert_allclose(again.predict(test_texts), clf.predict(test_texts), atol=1e-6)
+    # a model directory written before the blend (no "blend") adds the two log-odds
+    del meta["blend"]
+    with open(os.path.join(out, "sentiment.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    assert SentimentClassifier.load(out).blend == {"ngram": 1.0, "bert": 1.0, "bias": 0.0}
