@@ -289,7 +289,8 @@ def cmd_train_sentiment(args):
         learning_rate=args.learning_rate, max_len=args.max_len, truncation=args.truncation,
         ngrams=args.ngrams,
         positive_rating=args.positive_rating, negative_rating=args.negative_rating,
-        seed=args.seed)
+        seed=args.seed, precision=args.precision)
+    _warn_if_emulated(config.precision)
     from .sentiment import log_labels, read_labelled, train_sentiment  # noqa: PLC0415
     texts, labels = read_labelled(args.data or ())
     sources = {"files": list(args.data or ()), "file_examples": len(texts)}

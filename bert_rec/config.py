@@ -289,7 +289,9 @@ class SentimentConfig:
     ``train_layers``: top transformer layers fine-tuned (-1: all). ``truncation``: how a
     text longer than ``max_len`` tokens is cut (``head``: its start; ``head_tail``: its first
     quarter and its end, see ``tokenization.encode_texts``). ``ngrams``: stack BERT on a
-    TF-IDF n-gram logistic regression (ngrams.py), so BERT learns what the n-grams miss.
+    TF-IDF n-gram logistic regression (ngrams.py): their log-odds blended with weights learned
+    on the validation examples. ``precision`` (PRECISIONS): bfloat16 fine-tunes with bfloat16
+    matmuls (float32 weights; the head is saved and reloaded in float32).
     Labels from the log: a text on an item its writer rated ``>= positive_rating`` is
     positive, ``<= negative_rating`` negative. ``validation_fraction`` of the examples
     (seeded) pick the best epoch (AUC).
@@ -305,8 +307,12 @@ class SentimentConfig:
     positive_rating: float = 4.0
     negative_rating: float = 2.0
     seed: int = 0
+    precision: str = "float32"
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

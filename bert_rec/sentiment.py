@@ -26,7 +26,7 @@ import numpy as np
 from .backend import keras, tf
 from .checkpoint import CheckpointError, find_checkpoint, load_bert, read_arrays
 from .data import InputError, iter_records
-from .encoder import plan_batches
+from .encoder import plan_batches, precision_policy
 from .models import build_text_encoder, train_top_layers
 from .ngrams import WEIGHTS_NAME as NGRAMS_NAME
 from .ngrams import RESIDUAL_BLEND, NgramLogit, fit_blend
@@ -99,19 +99,24 @@ class SentimentClassifier:
     """P(positive) of texts with a BERT whose top ``train_layers`` layers are fine-tuned."""
 
     def __init__(self, files, pooling="mean", text_config=None, train_layers=2, max_len=128,
-                 batch_size=64, truncation="head", ngrams=False):
+                 batch_size=64, truncation="head", ngrams=False, precision="float32"):
         self.files = find_checkpoint(files) if isinstance(files, str) else files
         self.pooling, self.max_len, self.batch_size = pooling, max_len, batch_size
         self.truncation, self.use_ngrams = truncation, ngrams
         self.ngrams = None  # the fitted NgramLogit when stacked on n-grams (ngrams.py)
         self.blend = dict(RESIDUAL_BLEND)  # how the n-gram and BERT log-odds combine
-        self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
-                                     return_keras_model=False)
-        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
-        segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
-        vector = build_text_encoder(self.transformer.model, pooling)([token_ids, segment_ids])
-        logits = keras.layers.Dense(2, name=HEAD_LAYER)(vector)                  # [B, 2]
-        self.model = keras.Model([token_ids, segment_ids], logits, name="sentiment")
+        # config.PRECISIONS: bfloat16 trains with bfloat16 matmuls (float32 variables); its
+        # calls are traced under the policy too (bert4keras makes attention dropout in call())
+        self.precision = precision
+        with precision_policy(precision):
+            self.transformer = load_bert(self.files, with_pool=(pooling == "pooler"),
+                                         return_keras_model=False)
+            token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+            segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
+            vector = build_text_encoder(self.transformer.model, pooling)([token_ids,
+                                                                          segment_ids])
+            logits = keras.layers.Dense(2, name=HEAD_LAYER)(vector)              # [B, 2]
+            self.model = keras.Model([token_ids, segment_ids], logits, name="sentiment")
         self.pipeline = TextPipeline(text_config) if text_config is not None else TextPipeline()
         self.tokenizer = load_tokenizer(self.files.vocab_path)
         self.train_layers = train_top_layers(self.transformer,
@@ -119,8 +124,13 @@ class SentimentClassifier:
         self.meta = {}
         self.directory = None  # the model directory it was loaded from (load), if any
         self.cache = None  # an encode_cache.EncodeCache of P(positive) per raw text (enable_cache)
-        self._logits = tf.function(lambda t, s: self.model([t, s], training=False),
+        self._logits = tf.function(lambda t, s: self._call(t, s, training=False),
                                    input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
+
+    def _call(self, token_ids, segment_ids, training):
+        """Logits [B, 2] in float32, whatever the compute precision."""
+        with precision_policy(self.precision):
+            return tf.cast(self.model([token_ids, segment_ids], training=training), tf.float32)
 
     # -- files ----------------------------------------------------------------------------------
     @staticmethod
@@ -316,7 +326,7 @@ class SentimentClassifier:
 
     def _train_step(self, optimizer, variables, token_ids, segment_ids, labels):
         with tf.GradientTape() as tape:
-            logits = self.model([token_ids, segment_ids], training=True)         # [B, 2]
+            logits = self._call(token_ids, segment_ids, training=True)          # [B, 2]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
@@ -351,7 +361,8 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
     model_config = model_dir.read_config(model_path).replace(**(overrides or {}))
     clf = SentimentClassifier(find_checkpoint(model_path), model_config.pooling,
                               model_config.text, config.train_layers, config.max_len,
-                              truncation=config.truncation, ngrams=config.ngrams)
+                              truncation=config.truncation, ngrams=config.ngrams,
+                              precision=config.precision)
     order = np.random.default_rng(config.seed).permutation(len(labels))
     n_val = max(1, int(round(config.validation_fraction * len(labels))))
     val, train = order[:n_val], order[n_val:]
@@ -367,4 +378,6 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
     model_dir.derive(model_path, out_dir, clf.save_head,
                      replaced=(WEIGHTS_NAME, META_NAME, NGRAMS_NAME),
                      config=model_config)
+    if config.precision != "float32":  # what is used from here on: the saved float32 head
+        return SentimentClassifier.load(out_dir, model_config.text)
     return clf

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from bert_rec.backend import tf
 from bert_rec.cli import main
 from bert_rec.config import SentimentConfig
 from bert_rec.data import Behavior, InputError, Item
@@ -77,6 +78,31 @@ def test_training_learns_negation(trained):
     metrics = clf.evaluate(texts, labels)
     assert metrics["auc"] > 0.9 and metrics["accuracy"] > 0.8, metrics
     assert clf.meta["validation"]["auc"] == max(h["auc"] for h in clf.meta["history"])
+
+
+def test_bfloat16_fine_tuning_learns_negation_and_saves_a_float32_head(tiny_ckpt, tmp_path):
+    """precision="bfloat16": the trained layers and the head compute in bfloat16 (float32
+    variables and logits); train_sentiment returns the saved head reloaded in float32."""
+    from bert_rec.backend import keras
+    texts, labels = _toy(160, 0)
+    low = SentimentClassifier(tiny_ckpt, train_layers=-1, max_len=16, precision="bfloat16")
+    assert {layer.compute_dtype for layer in low.transformer.model.layers
+            if layer.name.startswith("Transformer-1-")} == {"bfloat16"}
+    assert {v.dtype for v in low.model.trainable_variables} == {tf.float32}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    config = SentimentConfig(train_layers=-1, epochs=12, batch_size=16, learning_rate=3e-3,
+                             max_len=16, precision="bfloat16")
+    out = str(tmp_path / "bf16")
+    clf = train_sentiment(tiny_ckpt, texts, labels, out, config)
+    assert clf.precision == "float32" and clf.directory == out
+    assert clf.meta["settings"]["precision"] == "bfloat16"
+    test_texts, test_labels = _toy(80, 1)
+    metrics = clf.evaluate(test_texts, test_labels)
+    assert metrics["auc"] > 0.9 and metrics["accuracy"] > 0.8, metrics
+    # the same weights computing in bfloat16 agree up to its rounding
+    low.model.set_weights(clf.model.get_weights())
+    low_p, high_p = low.predict(test_texts), clf.predict(test_texts)
+    assert np.abs(low_p - high_p).max() < 0.05 and np.abs(low_p - high_p).max() > 0
 
 
 def test_model_directory_holds_the_head(trained, tiny_ckpt):
