@@ -117,7 +117,10 @@ def bert_rec(train, test, args, work):
     clf = train_sentiment(checkpoint, train[0], train[1], os.path.join(work, "m"), config,
                           log=sys.stderr)
     metrics = clf.evaluate(test[0], test[1])
-    return metrics["accuracy"], metrics["auc"], time.time() - started, clf.meta["validation"]
+    validation = dict(clf.meta["validation"])
+    if "blend" in clf.meta:  # how much of each model's log-odds the stacked head uses
+        validation["blend"] = clf.meta["blend"]
+    return metrics["accuracy"], metrics["auc"], time.time() - started, validation
 
 
 def main(argv=None):
