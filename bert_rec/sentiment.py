@@ -13,7 +13,8 @@ the same user rated is positive when the rating is at least ``positive_rating`` 
 are left out (:func:`log_labels`).
 
 In a model directory: ``sentiment.npz`` (the fine-tuned layers' and the head's weights, by
-layer name) and ``sentiment.json`` (settings, label thresholds, training data, metrics).
+layer name) and ``sentiment.json`` (settings, label thresholds, training data, metrics; with
+``ngrams``, the blend), plus ``ngrams.npz`` when stacked on the n-gram model (ngrams.py).
 """
 
 import json
@@ -266,7 +267,8 @@ class SentimentClassifier:
     # -- training -------------------------------------------------------------------------------
     def fit(self, texts, labels, val_texts, val_labels, epochs=3, batch_size=32,
             learning_rate=5e-5, seed=0, log=None):
-        """Fine-tune on (texts, labels), keeping the epoch with the best validation AUC.
+        """Fine-tune on (texts, labels), keeping the epoch with the best validation AUC; stacked
+        on n-grams, then fit the n-gram model and the blend (``_stack_on_ngrams``).
 
         Returns one dict per epoch (loss, validation accuracy and AUC, seconds).
         """
