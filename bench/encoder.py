@@ -120,8 +120,13 @@ def main(argv=None):
             r["useful_tokens_per_s"], r["padding_fraction"], r["useful_gflop_per_s"],
             r["flop_ratio"], r["computed_flop_ratio"]] for r in runs])
     by_name = {r["config"]: r for r in runs if r["precision"] == "float32"}
-    summary = {"padding_fraction": max(r["padding_fraction"] for r in runs),
-               "encoder_bf16_speedup": bf16 and bf16["speedup"]}
+    summary = {"padding_fraction": max(r["padding_fraction"] for r in runs)}
+    # summary.json is merged: a run without base keeps the measured figure; null only
+    # where the CPU has no BF16 (the same rule as bench/training.py)
+    if bf16:
+        summary["encoder_bf16_speedup"] = bf16["speedup"]
+    elif not cpu_has_bf16():
+        summary["encoder_bf16_speedup"] = None
     if "base" in by_name:
         summary["encoder_flop_ratio_base"] = by_name["base"]["flop_ratio"]
     if bf16:
