@@ -11,7 +11,7 @@ retrained). Where BERT adds nothing, b goes to 0 and the head is the n-gram mode
 
 An earlier version trained BERT on the residual of out-of-fold n-gram logits instead; on the
 real reviews of bench/sentiment.py that scored level to 0.015 AUC *below* the TF-IDF baseline
-(BERT's residual fitted the training domains), the blend 0.0003-0.0037 above it (README). Model
+(BERT's residual fitted the training domains), the blend 0.0017-0.0047 above it (README). Model
 directories written by it have no ``blend`` and load with a = b = 1, c = 0, which is what
 they computed.
 
