@@ -39,6 +39,13 @@ def _from_dict(cls, data, where):
 POLARITIES = ("signed", "off")
 
 
+def _check_choice(config, name, choices):
+    """ValueError unless ``config.<name>`` is one of ``choices`` (the settings' enumerations)."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoringConfig:
     """How a user's behaviours are weighted into the interest (and dislike) vectors.
@@ -71,9 +78,7 @@ class ScoringConfig:
     dislike_weight: float = 0.5
 
     def __post_init__(self):
-        if self.polarity not in POLARITIES:
-            raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, "
-                             f"got {self.polarity!r}")
+        _check_choice(self, "polarity", POLARITIES)
         if self.dislike_weight < 0 or self.neutral_margin < 0:
             raise ValueError("dislike_weight and neutral_margin must be >= 0")
         for name, weight in self.behavior_weights.items():
@@ -122,12 +127,8 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, "
-                             f"got {self.pooling!r}")
-        if self.whitening not in WHITENINGS:
-            raise ValueError(f"whitening must be one of {', '.join(WHITENINGS)}, "
-                             f"got {self.whitening!r}")
+        _check_choice(self, "pooling", POOLINGS)
+        _check_choice(self, "whitening", WHITENINGS)
         for name in ("item_max_len", "text_max_len"):
             if getattr(self, name) < 3:
                 raise ValueError(f"{name} must be >= 3 ([CLS] + a token + [SEP])")
@@ -207,23 +208,15 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, "
-                             f"got {self.objective!r}")
+        _check_choice(self, "objective", OBJECTIVES)
         for name in ("epochs", "batch_size", "k", "attention_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_layers < 0 or self.extra_negatives < 0 or self.temperature <= 0:
             raise ValueError("train_layers and extra_negatives must be >= 0, temperature > 0")
-        if self.user_tower not in USER_TOWERS:
-            raise ValueError(f"user_tower must be one of {', '.join(USER_TOWERS)}, "
-                             f"got {self.user_tower!r}")
-        if self.frozen_states not in FROZEN_STATES:
-            raise ValueError(f"frozen_states must be one of {', '.join(FROZEN_STATES)}, "
-                             f"got {self.frozen_states!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
+        _check_choice(self, "user_tower", USER_TOWERS)
+        _check_choice(self, "frozen_states", FROZEN_STATES)
+        _check_choice(self, "precision", PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,9 +251,7 @@ class PretrainConfig:
     precision: str = "float32"
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
+        _check_choice(self, "precision", PRECISIONS)
         for name, low in (("epochs", 1), ("batch_size", 1), ("max_len", 8), ("min_count", 1),
                           ("hidden_size", 1), ("num_layers", 1), ("num_heads", 1),
                           ("holdout_texts", 0)):
@@ -310,17 +301,13 @@ class SentimentConfig:
     precision: str = "float32"
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
+        _check_choice(self, "precision", PRECISIONS)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
-        if self.truncation not in TRUNCATIONS:
-            raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got "
-                             f"{self.truncation!r}")
+        _check_choice(self, "truncation", TRUNCATIONS)
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got "
                              f"{self.validation_fraction}")
