@@ -118,8 +118,8 @@ def bert_rec(train, test, args, work):
                           log=sys.stderr)
     metrics = clf.evaluate(test[0], test[1])
     validation = dict(clf.meta["validation"])
-    if "blend" in clf.meta:  # how much of each model's log-odds the stacked head uses
-        validation["blend"] = clf.meta["blend"]
+    if clf.ngrams is not None:  # how much of each model's log-odds the stacked head uses
+        validation["blend"] = clf.blend
     return metrics["accuracy"], metrics["auc"], time.time() - started, validation
 
 

@@ -173,7 +173,7 @@ class SentimentClassifier:
                   truncation=meta.get("truncation", "head"), ngrams=meta.get("ngrams", False))
         if clf.use_ngrams:
             clf.ngrams = NgramLogit.load(path)
-            clf.blend = meta.get("blend", RESIDUAL_BLEND)
+            clf.blend = dict(meta.get("blend", RESIDUAL_BLEND))
         arrays = read_arrays(os.path.join(path, WEIGHTS_NAME))
         for layer in clf._trained_layers():
             count = len(layer.get_weights())
@@ -239,16 +239,20 @@ class SentimentClassifier:
     def _predict_cleaned(self, cleaned):
         """P(positive) [N] of cleaned texts, each distinct one run once, in length buckets."""
         distinct = list(dict.fromkeys(cleaned))
-        sequences = self.tokens(distinct, clean=False)
-        bert = np.zeros(len(distinct), np.float32)
+        log_odds = self.combine(self.offsets(distinct), self._bert_log_odds(distinct))
+        positive = (0.5 * (1.0 + np.tanh(0.5 * log_odds))).astype(np.float32)  # sigmoid
+        slot = {text: i for i, text in enumerate(distinct)}
+        return positive[[slot[t] for t in cleaned]]
+
+    def _bert_log_odds(self, cleaned):
+        """BERT's own log-odds of positive [N] for cleaned texts, in length buckets."""
+        sequences = self.tokens(cleaned, clean=False)
+        bert = np.zeros(len(cleaned), np.float32)
         for rows in plan_batches([len(s) for s in sequences], self.batch_size):
             token_ids, segment_ids = pad_batch([sequences[i] for i in rows])
             logits = self._logits(tf.constant(token_ids), tf.constant(segment_ids)).numpy()
             bert[rows] = logits[:, 1] - logits[:, 0]
-        log_odds = self.combine(self.offsets(distinct), bert)
-        positive = (0.5 * (1.0 + np.tanh(0.5 * log_odds))).astype(np.float32)  # sigmoid
-        slot = {text: i for i, text in enumerate(distinct)}
-        return positive[[slot[t] for t in cleaned]]
+        return bert
 
     def offsets(self, cleaned):
         """The n-gram model's log-odds [N] of cleaned texts (zeros without one): what BERT's
@@ -315,14 +319,11 @@ class SentimentClassifier:
         alone, the blend on the validation texts, then the n-gram model on all of them."""
         val_cleaned = self.pipeline.clean_many(val_texts)
         words, val_words = [t.split() for t in cleaned], [t.split() for t in val_cleaned]
-        self.ngrams = None  # BERT's own log-odds first
-        bert = self._predict_cleaned(val_cleaned)
-        bert = np.log(np.maximum(bert, 1e-7)) - np.log(np.maximum(1.0 - bert, 1e-7))
-        ngram_model = NgramLogit.fit(words, labels)
-        ngram = ngram_model.logit(val_words)
+        bert = self._bert_log_odds(val_cleaned)
+        ngram = NgramLogit.fit(words, labels).logit(val_words)
         self.blend = fit_blend(ngram, bert, val_labels)
         self.meta.update(ngrams_validation_auc=roc_auc(val_labels, ngram),
-                         bert_validation_auc=roc_auc(val_labels, bert), blend=self.blend)
+                         bert_validation_auc=roc_auc(val_labels, bert))
         self.ngrams = NgramLogit.fit(words + val_words,
                                      np.concatenate([labels, np.asarray(val_labels, np.int32)]))
 
