@@ -362,6 +362,7 @@ def train_sentiment(model_path, texts, labels, out_dir, config, sources=None, lo
                          f"least 10 with both labels; pass more --data, or a --behaviors log "
                          f"with rated comments")
     model_config = model_dir.read_config(model_path).replace(**(overrides or {}))
+    keras.utils.set_random_seed(config.seed)  # the new head's initial weights: reproducible
     clf = SentimentClassifier(find_checkpoint(model_path), model_config.pooling,
                               model_config.text, config.train_layers, config.max_len,
                               truncation=config.truncation, ngrams=config.ngrams,
