@@ -17,6 +17,10 @@ see ``common.bert_flops``) over the best FLOP/s of 1024², 2048² and 4096² flo
 measured in the same process, before and after (the higher is used). Median of ``--repeats``
 timed runs after one warm-up run (which also traces the function).
 
+Where fast_bert.FastBert runs the float32 encoder (the product's default), base is run again on
+the Keras model (``path: keras``), for its speed-up and largest absolute difference; the headline
+figures are the product path's.
+
 On a CPU with bfloat16 matmul instructions (``encoder.cpu_has_bf16``: AVX-512 BF16 or AMX), base
 is also run with ``precision="bfloat16"`` on the same texts: ``encoder_bf16_speedup`` is its
 texts/s over float32's, with the largest absolute difference and the smallest cosine between the
@@ -42,9 +46,12 @@ def catalogue_texts():
     return [item.full_text() for item in items]
 
 
-def measure(name, texts, batch_size, repeats, peak, precision="float32"):
+def measure(name, texts, batch_size, repeats, peak, precision="float32", fast=True):
+    """One timed configuration; ``fast=False``: the Keras model even where FastBert runs."""
     from bert_rec.encoder import TextEncoder, plan_batches  # noqa: PLC0415
     encoder = TextEncoder(random_checkpoint(name), batch_size=batch_size, precision=precision)
+    if not fast:
+        encoder.fast = None
     cleaned = list(dict.fromkeys(encoder.pipeline.clean_many(texts)))  # distinct, as encode does
     max_len = min(64, encoder.max_position)
     lengths = np.array([len(encoder.tokenizer.encode(t, maxlen=max_len)[0]) for t in cleaned])
@@ -60,7 +67,9 @@ def measure(name, texts, batch_size, repeats, peak, precision="float32"):
                                     config["num_hidden_layers"], config["hidden_size"],
                                     config["intermediate_size"]) for rows in batches)
     return vectors, {
-        "config": name, "precision": precision, "layers": config["num_hidden_layers"],
+        "config": name, "precision": precision,
+        "path": "fast_bert" if encoder.fast is not None else "keras",
+        "layers": config["num_hidden_layers"],
         "hidden": config["hidden_size"],
         "vocab_size": config["vocab_size"], "texts": len(cleaned),
         "batch_size": encoder.batch_size,
@@ -87,7 +96,7 @@ def main(argv=None):
     from bert_rec.encoder import cpu_has_bf16  # noqa: PLC0415
     texts = catalogue_texts()
     peak_before, sizes_before = matmul_peak()
-    runs, bf16 = [], None
+    runs, bf16, fast = [], None, None
     for name in args.configs:
         subset = texts
         if name == "base" and args.base_texts < len(texts):
@@ -96,6 +105,12 @@ def main(argv=None):
         repeats = 2 if name == "base" else args.repeats
         vectors, run = measure(name, subset, args.batch_size, repeats, peak_before)
         runs.append(run)
+        if name == "base" and run["path"] == "fast_bert":  # the same texts on the Keras model
+            slow, slow_run = measure(name, subset, args.batch_size, repeats, peak_before,
+                                     fast=False)
+            runs.append(slow_run)
+            fast = {"speedup": run["texts_per_s"] / slow_run["texts_per_s"],
+                    "max_abs_diff": float(np.abs(slow - vectors).max())}
         if name == "base" and cpu_has_bf16():
             low, low_run = measure(name, subset, args.batch_size, repeats, peak_before,
                                    precision="bfloat16")
@@ -114,12 +129,15 @@ def main(argv=None):
     sizes = ", ".join(f"{n}² {sizes_before[n] / 1e9:.0f}/{sizes_after[n] / 1e9:.0f}"
                       for n in sizes_before)
     print(f"\nfloat32 matmul GFLOP/s before/after: {sizes} (ratios use {peak / 1e9:.0f})\n")
-    table(["config", "precision", "texts", "mean tokens", "texts/s", "useful tokens/s",
+    table(["config", "precision", "path", "texts", "mean tokens", "texts/s", "useful tokens/s",
            "padding", "useful GFLOP/s", "FLOP ratio", "FLOP ratio incl. padding"],
-          [[r["config"], r["precision"], r["texts"], r["mean_tokens"], r["texts_per_s"],
+          [[r["config"], r["precision"], r["path"], r["texts"], r["mean_tokens"], r["texts_per_s"],
             r["useful_tokens_per_s"], r["padding_fraction"], r["useful_gflop_per_s"],
             r["flop_ratio"], r["computed_flop_ratio"]] for r in runs])
-    by_name = {r["config"]: r for r in runs if r["precision"] == "float32"}
+    by_name = {}  # each config's first float32 run: the product's path
+    for r in runs:
+        if r["precision"] == "float32":
+            by_name.setdefault(r["config"], r)
     summary = {"padding_fraction": max(r["padding_fraction"] for r in runs)}
     # summary.json is merged: a run without base keeps the measured figure; null only
     # where the CPU has no BF16 (the same rule as bench/training.py)
@@ -129,6 +147,9 @@ def main(argv=None):
         summary["encoder_bf16_speedup"] = None
     if "base" in by_name:
         summary["encoder_flop_ratio_base"] = by_name["base"]["flop_ratio"]
+    if fast:
+        print(f"\nbase float32, fast_bert over the Keras model: {fast['speedup']:.2f}x texts/s; "
+              f"vectors differ by at most {fast['max_abs_diff']:.2e}")
     if bf16:
         print(f"\nbase bfloat16: {bf16['speedup']:.2f}x float32's texts/s; vectors differ by at "
               f"most {bf16['max_abs_diff']:.4f} (min cosine {bf16['min_cosine']:.5f})")
@@ -138,7 +159,7 @@ def main(argv=None):
                                                                sizes_before.items()},
                                                     "after": {n: r / 1e9 for n, r in
                                                               sizes_after.items()}},
-                             "bfloat16": bf16, "cpu_has_bf16": cpu_has_bf16(), "runs": runs},
+                             "fast_bert": fast, "bfloat16": bf16, "cpu_has_bf16": cpu_has_bf16(), "runs": runs},
                  summary)
     return 0
 

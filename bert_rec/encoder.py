@@ -13,6 +13,7 @@ import numpy as np
 from .backend import keras, tf
 from .checkpoint import find_checkpoint, load_bert
 from .config import PRECISIONS
+from .fast_bert import FastBert, enabled as fast_bert_enabled
 from .models import build_text_encoder
 from .text import TextPipeline
 from .tokenization import encode_texts, load_tokenizer, pad_batch
@@ -80,11 +81,17 @@ class TextEncoder:
         self.pipeline = TextPipeline(text_config) if text_config is not None else TextPipeline()
         self.max_position = self.files.max_position
         self.cache = cache  # an encode_cache.EncodeCache, or None: encode every text
-        self._encode_batch = tf.function(
+        self._keras_batch = tf.function(
             lambda token_ids, segment_ids: tf.cast(
                 self.model([token_ids, segment_ids], training=False), tf.float32),
             input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids"),
                              tf.TensorSpec([None, None], tf.int32, name="segment_ids")])
+        # float32 inference through fast_bert.py (same maths, fused kernels), where it can
+        self.fast = None
+        if precision == "float32" and fast_bert_enabled() \
+                and not FastBert.unsupported(self.transformer, pooling):
+            self.fast = FastBert(self.transformer, pooling)
+        self._fast_weights = None  # FastBert.snapshot() of the encode call under way
 
     @property
     def dim(self):
@@ -219,14 +226,26 @@ class TextEncoder:
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)  # [U, H]
         # The policy stays on while the function traces: bert4keras builds some layers
         # (attention dropout) inside ``call``, and they must take the same dtype policy.
-        with precision_policy(self.precision), \
-                progress_bar(total=len(texts), desc=desc, unit="text") as bar:
-            for rows in plan_batches([len(s) for s in sequences], self.batch_size):
-                token_ids, segment_ids = pad_batch([sequences[i] for i in rows])  # [b, L]
-                vectors[rows] = self._encode_batch(tf.constant(token_ids),
-                                                   tf.constant(segment_ids)).numpy()
-                bar.update(len(rows))
+        # the live weights, read once for this call (trained weights included)
+        self._fast_weights = self.fast.snapshot() if self.fast is not None else None
+        try:
+            with precision_policy(self.precision), \
+                    progress_bar(total=len(texts), desc=desc, unit="text") as bar:
+                for rows in plan_batches([len(s) for s in sequences], self.batch_size):
+                    token_ids, segment_ids = pad_batch([sequences[i] for i in rows])  # [b, L]
+                    vectors[rows] = self._encode_batch(tf.constant(token_ids),
+                                                       tf.constant(segment_ids)).numpy()
+                    bar.update(len(rows))
+        finally:
+            self._fast_weights = None
         return vectors
+
+    def _encode_batch(self, token_ids, segment_ids):
+        """One batch ``[b, L]`` -> ``[b, H]`` float32: the fast pass with this encode call's
+        weights, else the Keras model."""
+        if self._fast_weights is not None:
+            return self.fast.run(token_ids, segment_ids, self._fast_weights)
+        return self._keras_batch(token_ids, segment_ids)
 
 
 def plan_batches(lengths, batch_size):
