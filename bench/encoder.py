@@ -159,7 +159,8 @@ def main(argv=None):
                                                                sizes_before.items()},
                                                     "after": {n: r / 1e9 for n, r in
                                                               sizes_after.items()}},
-                             "fast_bert": fast, "bfloat16": bf16, "cpu_has_bf16": cpu_has_bf16(), "runs": runs},
+                             "fast_bert": fast, "bfloat16": bf16,
+                             "cpu_has_bf16": cpu_has_bf16(), "runs": runs},
                  summary)
     return 0
 

@@ -26,6 +26,7 @@ import math
 import os
 
 from .backend import tf
+from .layers import TokenPooling
 
 ENV_SWITCH = "BERT_REC_FAST_BERT"
 POOLINGS = ("mean", "cls", "pooler")
@@ -57,10 +58,9 @@ class FastBert:
         attention = self.model.get_layer("Transformer-0-MultiHeadSelfAttention")
         self.heads, self.head_size = attention.heads, attention.head_size
         self.pooling = pooling
-        weights = self.snapshot()
-        spec = tf.TensorSpec([None, None], tf.int32)
-        self.run = tf.function(self._forward, input_signature=[
-            spec, spec, [tf.TensorSpec(w.shape, w.dtype) for w in weights]])
+        # mean and cls pool as the Keras model's TokenPooling layer does (the same layer)
+        self.token_pooling = None if pooling == "pooler" else TokenPooling(mode=pooling)
+        self._traced = None  # the tf.function, traced on the first run's weight shapes
 
     @staticmethod
     def unsupported(transformer, pooling):
@@ -116,6 +116,14 @@ class FastBert:
     def __call__(self, token_ids, segment_ids):
         return self.run(token_ids, segment_ids, self.snapshot())
 
+    def run(self, token_ids, segment_ids, weights):
+        """``_forward`` traced once for any ``[B, L]`` with ``weights`` from ``snapshot``."""
+        if self._traced is None:
+            spec = tf.TensorSpec([None, None], tf.int32)
+            self._traced = tf.function(self._forward, input_signature=[
+                spec, spec, [tf.TensorSpec(w.shape, w.dtype) for w in weights]])
+        return self._traced(token_ids, segment_ids, weights)
+
     def _forward(self, token_ids, segment_ids, weights):
         token_table, segment_table, positions = weights[:3]
         batch, length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
@@ -140,10 +148,7 @@ class FastBert:
         x = tf.reshape(x, [batch, length, hidden])
         if self.pooling == "pooler":
             return tf.tanh(tf.nn.bias_add(tf.matmul(x[:, 0], weights[-2]), weights[-1]))
-        if self.pooling == "cls":
-            return x[:, 0]
-        total = tf.reduce_sum(x * mask[:, :, None], axis=1)  # as layers.TokenPooling
-        return total / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+        return self.token_pooling([x, token_ids])
 
 
 def _layer_norm(x, gamma, beta, epsilon):
