@@ -3,30 +3,38 @@
 for the tiny, small and base configurations, with the encoder frozen, only its top 2 layers
 trained, and all of it trained.
 
-Data: data/sample (simulated users on real captions) restricted to its first ``--items`` items,
-so that building the trainer (which encodes the catalogue once) stays short for base. The step
-is ``Trainer._train_step`` (one traced ``tf.function``) on batches of ``--batch-size``
-examples with ``--negatives`` sampled negatives, exactly as ``Trainer.fit`` feeds it. With a
-frozen encoder the step reads precomputed encoder vectors; with trained layers it runs BERT
-forward and backward over every distinct text of the batch (history units and candidates):
-``top-2`` only the top 2 layers, on the frozen layers' token states stored once when the trainer
-is built (``setup s`` includes that), ``top-2-off`` every layer at every step (the path before
-the stored states: ``finetune_top2_speedup`` is base top-2 over base top-2-off). On a CPU with
-bfloat16 matmul instructions (AVX-512 BF16 or AMX) also ``top-2-bf16``: top-2 on stored states
-with ``TrainConfig.precision="bfloat16"`` (``bert-rec train --precision bfloat16``):
-``finetune_top2_bf16_speedup`` is base top-2-bf16 over base top-2-off (null elsewhere, where
-bfloat16 is emulated and slower).
+Data: the first ``--users`` users of data/sample (simulated users on real captions) and the items
+they touched, so that building the trainer (which encodes the catalogue once) stays short for
+base while the users keep their whole histories (16.7 training examples per user on data/sample;
+how much user batching saves depends on it). The step is ``Trainer._train_step`` (one traced
+``tf.function``) on batches of ``--batch-size`` examples with ``--negatives`` sampled negatives,
+formed as ``Trainer.fit`` forms them (``training.epoch_order``); the measured batches are spread
+evenly over the epoch, and examples/s is their examples over their time. With a frozen encoder
+the step reads precomputed encoder vectors; with trained layers it runs BERT forward and backward
+over every distinct text of the batch (history units and candidates):
 
-Then the same fit (``--train-layers 2`` on the shipped checkpoints/small-bert-zh, a slice of
-data/sample) with the frozen layers run at every step (two seeds: their spread is the
-yardstick) and on stored float32 and float16 states (and, with BF16 instructions, float16
-states trained in bfloat16): loss and validation NDCG per epoch.
+- ``top-2``: the product's path: only the top 2 layers, on the frozen layers' token states
+  stored once when the trainer is built (``setup s`` includes that), batches of whole users
+  (``--batching user``, the default), whose examples share their history texts;
+- ``top-2-random``: the same on batches shuffled across users (``--batching random``);
+- ``top-2-off``: every layer at every step, batches shuffled across users: the path before
+  both. ``finetune_top2_speedup`` is base top-2 over base top-2-off;
+- ``all``: every layer trained (user batches);
+- on a CPU with bfloat16 matmul instructions (AVX-512 BF16 or AMX) also ``top-2-bf16``: top-2
+  with ``TrainConfig.precision="bfloat16"`` (``bert-rec train --precision bfloat16``):
+  ``finetune_top2_bf16_speedup`` is base top-2-bf16 over base top-2-off (null elsewhere,
+  where bfloat16 is emulated and slower).
 
-Each configuration and mode runs in its own child process. Time: median step after one
-warm-up step (which traces). Memory: the child's peak RSS during the measured steps, and its
-growth over the RSS just before them.
+Then the same fit (``--train-layers 2`` on the shipped checkpoints/small-bert-zh, the same users)
+the old way (every layer at every step, random batches; two seeds: their spread is the
+yardstick), on stored float32 and float16 states, with user batches, and (with BF16
+instructions) in bfloat16: loss and validation NDCG per epoch.
 
-    .venv/bin/python bench/training.py [--configs tiny small base] [--steps 10] [--no-quality]
+Each configuration and mode runs in its own child process. Time: the warm-up step (which traces)
+is not counted. Memory: the child's peak RSS during the measured steps, and its growth over the
+RSS just before them.
+
+    .venv/bin/python bench/training.py [--configs tiny small base] [--steps 20] [--no-quality]
 """
 
 import argparse
@@ -42,23 +50,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (CONFIGS, ROOT, SCRATCH, peak_mib, random_checkpoint,  # noqa: E402
                     reset_peak, rss_mib, table, write_result)
 
-# mode -> (trained encoder layers (None: every layer), TrainConfig.frozen_states, .precision)
-MODES = {"frozen": (0, "float16", "float32"), "top-2": (2, "float16", "float32"),
-         "top-2-off": (2, "off", "float32"), "all": (None, "float16", "float32"),
-         "top-2-bf16": (2, "float16", "bfloat16")}
+# mode -> (trained encoder layers (None: every layer), TrainConfig.frozen_states, .precision,
+#          .batching)
+MODES = {"frozen": (0, "float16", "float32", "user"),
+         "top-2": (2, "float16", "float32", "user"),
+         "top-2-random": (2, "float16", "float32", "random"),
+         "top-2-off": (2, "off", "float32", "random"),
+         "all": (None, "float16", "float32", "user"),
+         "top-2-bf16": (2, "float16", "bfloat16", "user")}
 BF16_MODES = ("top-2-bf16",)  # run only on a CPU with bfloat16 instructions
 
 
-def sample_slice(n_items):
-    """(the first ``n_items`` items of data/sample, the users' histories over them)."""
+def sample_slice(n_users):
+    """(the items the first ``n_users`` users of data/sample touched, those users' histories)."""
     os.environ.setdefault("BERT_REC_PROGRESS", "0")
     from bert_rec.data import group_by_user, read_behaviors, read_items  # noqa: PLC0415
     sample = os.path.join(ROOT, "data", "sample")
+    behaviors, _ = read_behaviors(os.path.join(sample, "behaviors.jsonl"))
+    histories = group_by_user(behaviors)
+    histories = {user: histories[user] for user in sorted(histories)[:n_users]}
+    touched = {b.item_id for history in histories.values() for b in history}
     items, _ = read_items(os.path.join(sample, "items.jsonl"))
-    items = items[:n_items]
-    behaviors, _ = read_behaviors(os.path.join(sample, "behaviors.jsonl"),
-                                  item_ids={i.item_id for i in items}, on_error="skip")
-    return items, group_by_user(behaviors)
+    return [item for item in items if item.item_id in touched], histories
 
 
 def child(name, mode, args):
@@ -66,25 +79,30 @@ def child(name, mode, args):
     import numpy as np  # noqa: PLC0415
     from bert_rec.config import TrainConfig  # noqa: PLC0415
     from bert_rec.recommend import Recommender  # noqa: PLC0415
-    from bert_rec.training import Trainer  # noqa: PLC0415
+    from bert_rec.training import Trainer, epoch_order  # noqa: PLC0415
 
-    items, histories = sample_slice(args.items)
-    trained, frozen_states, precision = MODES[mode]
+    items, histories = sample_slice(args.users)
+    trained, frozen_states, precision, batching = MODES[mode]
     rec = Recommender.load(random_checkpoint(name), precision=precision)
     layers = rec.encoder.transformer.num_hidden_layers
     train_layers = layers if trained is None else trained
     config = TrainConfig(batch_size=args.batch_size, extra_negatives=args.negatives,
                          train_layers=train_layers, frozen_states=frozen_states,
-                         precision=precision)
+                         precision=precision, batching=batching)
     started = time.perf_counter()
     trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
     setup = time.perf_counter() - started  # includes computing the stored states, if any
     stored = trainer.stored is not None
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(trainer.examples))
-    steps = args.steps if name != "base" or mode == "frozen" else max(2, args.steps // 5)
-    batches = [trainer._batch(order[i * args.batch_size:(i + 1) * args.batch_size], rng)  # noqa: SLF001
-               for i in range(steps + 1)]
+    order = epoch_order(trainer.examples, config.seed, 0, batching)
+    size = args.batch_size
+    total = len(order) // size  # whole batches of the epoch
+    steps = min(total - 1, args.steps if name != "base" or mode == "frozen"
+                else max(2, args.steps // 2))
+    # the warm-up batch, then ``steps`` batches spread evenly over the epoch
+    picked = [0, *np.linspace(1, total - 1, steps).round().astype(int).tolist()]
+    batches = [trainer._batch(order[i * size:(i + 1) * size], rng) for i in picked]  # noqa: SLF001
+    rows = [len(np.unique(np.concatenate([b[0].ravel(), b[3]]))) for b in batches[1:]]
     import tensorflow as tf  # noqa: PLC0415
     trainer._train_step(*[tf.constant(x) for x in batches[0]])  # noqa: SLF001  (traces)
     before = rss_mib()
@@ -96,56 +114,61 @@ def child(name, mode, args):
         loss, _ = trainer._train_step(*tensors)  # noqa: SLF001
         float(loss)
         times.append(time.perf_counter() - start)
-    step = statistics.median(times)
-    print(json.dumps({"config": name, "mode": mode, "precision": precision, "layers": layers,
-                      "trained_layers": train_layers, "stored_states": stored,
+    print(json.dumps({"config": name, "mode": mode, "precision": precision, "batching": batching,
+                      "layers": layers, "trained_layers": train_layers, "stored_states": stored,
                       "setup_s": setup, "examples": len(trainer.examples),
-                      "batch_size": args.batch_size, "steps": steps, "step_s": step,
-                      "examples_per_s": args.batch_size / step, "peak_rss_mib": peak_mib(),
+                      "users": len(histories), "batch_size": size, "steps": steps,
+                      "step_s": sum(times) / steps, "median_step_s": statistics.median(times),
+                      "unit_rows_per_example": sum(rows) / (steps * size),
+                      "examples_per_s": steps * size / sum(times), "peak_rss_mib": peak_mib(),
                       "step_memory_mib": peak_mib() - before}))
 
 
-# (frozen_states, seed, precision); the bfloat16 run only on a CPU with BF16 instructions
-QUALITY_RUNS = [("off", 0, "float32"), ("off", 1, "float32"), ("float32", 0, "float32"),
-                ("float16", 0, "float32"), ("float16", 0, "bfloat16")]
+# (frozen_states, seed, precision, batching); the bfloat16 run only on a CPU with BF16
+# instructions. The first two are the path before stored states and user batches (their spread
+# is the yardstick); then stored states alone, in float32 and float16; then the product's path
+# (float16 states, user batches; two seeds) and the same in bfloat16.
+QUALITY_RUNS = [("off", 0, "float32", "random"), ("off", 1, "float32", "random"),
+                ("float32", 0, "float32", "random"), ("float16", 0, "float32", "random"),
+                ("float16", 0, "float32", "user"), ("float16", 1, "float32", "user"),
+                ("float16", 0, "bfloat16", "user")]
 
 
 def quality(args):
-    """Same fit, three ways: --train-layers 2 on the shipped small checkpoint (4 layers) with the
-    frozen layers run at every step ('off', two seeds: the seed-to-seed spread is the yardstick)
-    and on their stored states in float32 and float16; one JSON line of loss and validation
-    curves per run."""
+    """The same fit, several ways (QUALITY_RUNS): --train-layers 2 on the shipped small
+    checkpoint (4 layers), the default batch size and negatives, ``--quality-epochs`` epochs;
+    one JSON line of loss and validation curves per run."""
     from bert_rec.config import TrainConfig  # noqa: PLC0415
     from bert_rec.encoder import cpu_has_bf16  # noqa: PLC0415
     from bert_rec.recommend import Recommender  # noqa: PLC0415
     from bert_rec.training import Trainer  # noqa: PLC0415
 
-    items, histories = sample_slice(args.quality_items)
+    items, histories = sample_slice(args.quality_users)
     out = os.path.join(SCRATCH, "training-quality")
     shutil.rmtree(out, ignore_errors=True)
-    for frozen_states, seed, precision in QUALITY_RUNS:
+    for frozen_states, seed, precision, batching in QUALITY_RUNS:
         if precision == "bfloat16" and not cpu_has_bf16():
             continue
         rec = Recommender.load(os.path.join(ROOT, "checkpoints", "small-bert-zh"),
                                precision=precision)
         config = TrainConfig(train_layers=2, frozen_states=frozen_states, seed=seed,
                              epochs=args.quality_epochs, patience=args.quality_epochs,
-                             precision=precision)
+                             precision=precision, batching=batching)
         started = time.perf_counter()
         trainer = Trainer(rec, items, histories, config, log=open(os.devnull, "w"))
-        history = trainer.fit(os.path.join(out, f"{frozen_states}-{seed}-{precision}"))
+        history = trainer.fit(os.path.join(out, f"{frozen_states}-{seed}-{precision}-{batching}"))
         print(json.dumps({"frozen_states": frozen_states, "seed": seed, "precision": precision,
-                          "seconds": time.perf_counter() - started,
-                          "examples": len(trainer.examples),
+                          "batching": batching, "seconds": time.perf_counter() - started,
+                          "examples": len(trainer.examples), "users": len(histories),
                           "loss": [h["loss"] for h in history],
                           "val_ndcg": [h["val_ndcg"] for h in history],
                           "val_hr": [h["val_hr"] for h in history]}), flush=True)
 
 
 def run_child(extra, args):
-    passthrough = ["--items", str(args.items), "--batch-size", str(args.batch_size),
+    passthrough = ["--users", str(args.users), "--batch-size", str(args.batch_size),
                    "--negatives", str(args.negatives), "--steps", str(args.steps),
-                   "--quality-items", str(args.quality_items),
+                   "--quality-users", str(args.quality_users),
                    "--quality-epochs", str(args.quality_epochs)]
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), *passthrough, *extra],
                           capture_output=True, text=True,
@@ -160,13 +183,14 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--modes", nargs="+", default=None, choices=list(MODES),
                         help="default: all (top-2-bf16 only on a CPU with BF16 instructions)")
-    parser.add_argument("--items", type=int, default=300)
+    parser.add_argument("--users", type=int, default=40,
+                        help="the first N users of data/sample and the items they touched")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--negatives", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10,
-                        help="measured steps (base with trained layers: a fifth, at least 2)")
-    parser.add_argument("--quality-items", type=int, default=300,
-                        help="items of data/sample for the loss-curve comparison")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="measured steps (base with trained layers: half, at least 2)")
+    parser.add_argument("--quality-users", type=int, default=60,
+                        help="users of data/sample for the loss-curve comparison")
     parser.add_argument("--quality-epochs", type=int, default=3)
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the loss-curve comparison of the stored states")
@@ -191,18 +215,23 @@ def main(argv=None):
             print(f"{name} {mode}: {r['examples_per_s']:.1f} examples/s", file=sys.stderr,
                   flush=True)
     print(f"\ntraining step, batch {args.batch_size}, {args.negatives} sampled negatives, "
-          f"data/sample restricted to {args.items} items\n")
-    table(["config", "encoder layers trained", "stored states", "setup s", "step s",
-           "examples/s", "peak RSS MiB", "step memory MiB"],
+          f"the first {args.users} users of data/sample ({runs[0]['examples']} examples)\n")
+    table(["config", "encoder layers trained", "stored states", "batches", "setup s",
+           "step s", "unit rows / example", "examples/s", "peak RSS MiB", "step memory MiB"],
           [[r["config"], f"{r['trained_layers']} of {r['layers']} ({r['mode']})",
-            "yes" if r["stored_states"] else "no", r["setup_s"], r["step_s"],
-            r["examples_per_s"], r["peak_rss_mib"], r["step_memory_mib"]] for r in runs])
+            "yes" if r["stored_states"] else "no", r["batching"], r["setup_s"], r["step_s"],
+            r["unit_rows_per_example"], r["examples_per_s"], r["peak_rss_mib"],
+            r["step_memory_mib"]] for r in runs])
     rate = {(r["config"], r["mode"]): r["examples_per_s"] for r in runs}
     summary = {}
     if ("base", "top-2") in rate and ("base", "top-2-off") in rate:
         summary["finetune_top2_speedup"] = rate["base", "top-2"] / rate["base", "top-2-off"]
         print(f"\nbase --train-layers 2: {summary['finetune_top2_speedup']:.2f}x the examples/s "
-              f"of running the frozen layers at every step")
+              f"of running the frozen layers at every step on random batches")
+        if ("base", "top-2-random") in rate:
+            stored = rate["base", "top-2-random"] / rate["base", "top-2-off"]
+            print(f"  stored states alone (random batches): {stored:.2f}x; user batches on "
+                  f"top of them: {rate['base', 'top-2'] / rate['base', 'top-2-random']:.2f}x")
     if not cpu_has_bf16():
         summary["finetune_top2_bf16_speedup"] = None  # null without BF16 instructions
     if ("base", "top-2-bf16") in rate and ("base", "top-2-off") in rate:
@@ -212,16 +241,16 @@ def main(argv=None):
               f"{summary['finetune_top2_bf16_speedup']:.2f}x")
     curves = [] if args.no_quality else run_child(["--quality-child"], args)
     if curves:
-        print(f"\n--train-layers 2 on checkpoints/small-bert-zh, data/sample restricted to "
-              f"{args.quality_items} items ({curves[0]['examples']} examples), "
+        print(f"\n--train-layers 2 on checkpoints/small-bert-zh, the first {args.quality_users} "
+              f"users of data/sample ({curves[0]['examples']} examples), "
               f"{args.quality_epochs} epochs\n")
-        table(["frozen layers", "precision", "seed", "loss per epoch", "val NDCG@10 per epoch",
-               "seconds"],
-              [[c["frozen_states"], c["precision"], c["seed"],
+        table(["frozen layers", "precision", "batches", "seed", "loss per epoch",
+               "val NDCG@10 per epoch", "seconds"],
+              [[c["frozen_states"], c["precision"], c["batching"], c["seed"],
                 " ".join(f"{x:.4f}" for x in c["loss"]),
                 " ".join(f"{x:.4f}" for x in c["val_ndcg"]), c["seconds"]] for c in curves])
     write_result("training", {"batch_size": args.batch_size, "negatives": args.negatives,
-                              "items": args.items, "runs": runs, "quality": curves}, summary)
+                              "users": args.users, "quality_users": args.quality_users, "runs": runs, "quality": curves}, summary)
     return 0
 
 

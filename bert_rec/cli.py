@@ -8,7 +8,7 @@ import sys
 
 from . import commands
 from .commands import UsageError
-from .config import (CONTINUE_LEARNING_RATE, FROZEN_STATES, OBJECTIVES, POOLINGS,
+from .config import (BATCHING, CONTINUE_LEARNING_RATE, FROZEN_STATES, OBJECTIVES, POOLINGS,
                      PRECISIONS, SCRATCH_LEARNING_RATE, TRUNCATIONS, PretrainConfig,
                      SentimentConfig, TrainConfig)
 from .data import DEFAULT_BEHAVIORS, InputError
@@ -96,6 +96,11 @@ def _add_encoder_training_args(parser, defaults):
                              f"token states of every text (computed once) in float16 or float32, "
                              f"or 'off' to run those layers at every step (default "
                              f"{defaults.frozen_states})")
+    parser.add_argument("--batching", choices=BATCHING,
+                        help=f"user: each batch holds whole users' examples, which share their "
+                             f"history texts, so trained encoder layers run once per shared "
+                             f"text (README 'Speed'); random: examples shuffled across users "
+                             f"(default {defaults.batching})")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help=f"the text encoder's compute precision while training (default "
                              f"{defaults.precision}). bfloat16 runs the trained and frozen "

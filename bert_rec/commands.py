@@ -226,7 +226,7 @@ def cmd_train(args):
 
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "temperature", "train_layers",
-                "frozen_states", "precision", "extra_negatives", "objective", "patience", "k",
+                "frozen_states", "batching", "precision", "extra_negatives", "objective", "patience", "k",
                 "seed")
 
 

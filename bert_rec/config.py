@@ -17,6 +17,7 @@ WHITENINGS = ("none", "center", "whiten")
 POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
 TRUNCATIONS = ("head", "head_tail")  # how a text longer than max_len is cut (tokenization.py)
 FROZEN_STATES = ("float16", "float32", "off")  # TrainConfig.frozen_states
+BATCHING = ("user", "random")  # TrainConfig.batching
 # The text encoder's compute precision at inference and in training (encoder.py): float32, or
 # Keras's mixed_bfloat16 policy (bfloat16 matmuls; worth it on CPUs with AVX-512 BF16 or AMX).
 PRECISIONS = ("float32", "bfloat16")
@@ -195,6 +196,10 @@ class TrainConfig:
     # matmuls in bfloat16 (Keras's mixed_bfloat16: float32 master weights and optimizer), worth
     # it on CPUs with AVX-512 BF16 or AMX; the model is saved and tested in float32 either way.
     precision: str = "float32"
+    # How examples form batches (training.epoch_order): "user" keeps each user's examples
+    # together (users in random order), so a batch's examples share their history texts and
+    # the encoder runs once per distinct text; "random" shuffles examples across users.
+    batching: str = "user"
     extra_negatives: int = 256
     logq_correction: bool = True
     id_embeddings: bool = True
@@ -217,6 +222,7 @@ class TrainConfig:
         _check_choice(self, "user_tower", USER_TOWERS)
         _check_choice(self, "frozen_states", FROZEN_STATES)
         _check_choice(self, "precision", PRECISIONS)
+        _check_choice(self, "batching", BATCHING)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ import pytest
 
 from bert_rec.data import Behavior, Item
 from bert_rec.recommend import Recommender
-from bert_rec.training import Trainer, split_for_training, train
+from bert_rec.training import (Trainer, epoch_order, split_for_training, train,
+                               training_batch, user_items)
 from bert_rec.config import TrainConfig
 
 TOPICS = {
@@ -158,7 +159,54 @@ def test_training_does_not_encode_the_catalogue_again(tiny_ckpt, data, tmp_path,
     assert counted == [[]]  # the frozen encoder's item vectors came from the raw table
 
 
+def test_user_batching_keeps_each_users_examples_together(data):
+    items, histories = data
+    examples = split_for_training(histories)[0]
+    users = [ex.user_id for ex in examples]
+    for seed, epoch in ((0, 0), (0, 1), (3, 0)):
+        order = epoch_order(examples, seed, epoch, "user")
+        assert sorted(order.tolist()) == list(range(len(examples)))  # a permutation
+        runs = [users[i] for i in order]
+        # each user's examples form one run: the user changes once per user
+        changes = sum(a != b for a, b in zip(runs, runs[1:]))
+        assert changes == len(set(users)) - 1
+        np.testing.assert_array_equal(order, epoch_order(examples, seed, epoch, "user"))
+    assert not np.array_equal(epoch_order(examples, 0, 0, "user"),
+                              epoch_order(examples, 0, 1, "user"))
+    shuffled = [users[i] for i in epoch_order(examples, 0, 0, "random")]
+    assert sum(a != b for a, b in zip(shuffled, shuffled[1:])) > len(set(users))
+    # random batching is the order training used before the option existed
+    np.testing.assert_array_equal(epoch_order(examples, 5, 2, "random"),
+                                  np.random.default_rng([5, 2]).permutation(len(examples)))
+
+
+def test_a_users_own_items_are_never_their_negatives(tiny_ckpt, data):
+    """The softmax masks, per example, its history's items and the targets of the same user's
+    other examples (which a batch of one user's examples holds), never its own target."""
+    items, histories = data
+    trainer = Trainer(Recommender.load(tiny_ckpt, zero_shot=True), items, histories,
+                      _config(batch_size=8))
+    rows, examples = trainer.data.item_rows, trainer.examples
+    own = user_items(examples, rows)
+    for ex, masked in zip(examples, own):
+        later = {rows[e.target] for e in examples if e.user_id == ex.user_id} - {rows[ex.target]}
+        assert set(masked.tolist()) == {rows[b.item_id] for b in ex.history} | later
+    order = epoch_order(examples, 0, 0, "user")
+    indices = order[:8]
+    batch = training_batch(trainer.data, indices, np.random.default_rng(0), len(items), 8)
+    cand, pos, mask = batch[3], batch[4], batch[5]
+    for b, i in enumerate(indices):
+        assert cand[pos[b]] == rows[examples[i].target] and not mask[b, pos[b]]
+        np.testing.assert_array_equal(mask[b], np.isin(cand, own[i]))
+        same_user = [cand[pos[c]] for c, j in enumerate(indices)
+                     if examples[j].user_id == examples[i].user_id and c != b
+                     and examples[j].target != examples[i].target]
+        assert all(mask[b, np.searchsorted(cand, t)] for t in same_user)
+
+
 def test_config_is_validated():
+    with pytest.raises(ValueError, match="batching"):
+        TrainConfig(batching="by-user")
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="regression")
     with pytest.raises(ValueError, match="epochs"):
