@@ -2,7 +2,7 @@
 #              on the log's rated comments, fine-tune briefly, evaluate against the baselines,
 #              print explained recommendations and write out/demo/report.html
 # make test  - set up .venv if needed, then run the test suite
-# make bench - set up .venv if needed, then run the speed benchmarks (bench/, 30-50 min on 2 cores);
+# make bench - set up .venv if needed, then run the speed benchmarks (bench/, 40-60 min on 2 cores);
 #              tables go to the terminal, JSON to bench/results/ (summary.json: headline figures)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # TensorFlow build: cpu (default: tensorflow-cpu, no GPU needed), gpu (tensorflow[and-cuda]) or
@@ -42,7 +42,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-BENCHMARKS := encoder e2e retrieval scaling training distributed
+BENCHMARKS := encoder e2e retrieval scaling training distributed int8_matmul
 
 bench: install
 	set -e; for b in $(BENCHMARKS); do \

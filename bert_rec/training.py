@@ -164,8 +164,8 @@ def epoch_order(examples, seed, epoch, batching):
     for the same seed). "random": shuffled. "user": the users shuffled, each user's examples
     kept together in the order of their histories, so a batch holds one or two users' successive
     examples, whose histories are prefixes of each other: the encoder runs once per text they
-    share (on data/sample, a batch of 8 holds 2.8 distinct unit rows per example instead of
-    13.1; README 'Speed')."""
+    share (on data/sample, a batch of 8 holds 2.8 distinct history texts and targets per
+    example instead of 13.1, before the sampled negatives; README 'Speed')."""
     rng = np.random.default_rng([seed, epoch])
     if batching == "random":
         return rng.permutation(len(examples))
