@@ -99,8 +99,9 @@ def _add_encoder_training_args(parser, defaults):
     parser.add_argument("--batching", choices=BATCHING,
                         help=f"user: each batch holds whole users' examples, which share their "
                              f"history texts, so trained encoder layers run once per shared "
-                             f"text (README 'Speed'); random: examples shuffled across users "
-                             f"(default {defaults.batching})")
+                             f"text (README 'Speed'); random: examples shuffled across users; "
+                             f"auto: user with --train-layers above 0, else random (default "
+                             f"{defaults.batching})")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help=f"the text encoder's compute precision while training (default "
                              f"{defaults.precision}). bfloat16 runs the trained and frozen "

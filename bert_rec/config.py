@@ -17,7 +17,7 @@ WHITENINGS = ("none", "center", "whiten")
 POOLINGS = ("mean", "cls", "pooler")  # how a text's token states become one vector
 TRUNCATIONS = ("head", "head_tail")  # how a text longer than max_len is cut (tokenization.py)
 FROZEN_STATES = ("float16", "float32", "off")  # TrainConfig.frozen_states
-BATCHING = ("user", "random")  # TrainConfig.batching
+BATCHING = ("auto", "user", "random")  # TrainConfig.batching
 # The text encoder's compute precision at inference and in training (encoder.py): float32, or
 # Keras's mixed_bfloat16 policy (bfloat16 matmuls; worth it on CPUs with AVX-512 BF16 or AMX).
 PRECISIONS = ("float32", "bfloat16")
@@ -198,8 +198,10 @@ class TrainConfig:
     precision: str = "float32"
     # How examples form batches (training.epoch_order): "user" keeps each user's examples
     # together (users in random order), so a batch's examples share their history texts and
-    # the encoder runs once per distinct text; "random" shuffles examples across users.
-    batching: str = "user"
+    # trained encoder layers run once per distinct text; "random" shuffles examples across
+    # users; "auto": user when encoder layers train (where it pays), else random (on
+    # data/heldout, frozen encoder, user batches ended 0.012 NDCG@10 lower over 3 seeds).
+    batching: str = "auto"
     extra_negatives: int = 256
     logq_correction: bool = True
     id_embeddings: bool = True

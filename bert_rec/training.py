@@ -159,6 +159,14 @@ def user_items(examples, item_rows):
     return out
 
 
+def batching_for(config, trains_encoder):
+    """TrainConfig.batching resolved: "auto" is "user" when encoder layers train (a step then
+    encodes each distinct text of its batch once), else "random"."""
+    if config.batching != "auto":
+        return config.batching
+    return "user" if trains_encoder else "random"
+
+
 def epoch_order(examples, seed, epoch, batching):
     """The order of the examples in epoch ``epoch`` (a permutation of their indices, the same
     for the same seed). "random": shuffled. "user": the users shuffled, each user's examples
@@ -515,7 +523,8 @@ class Trainer:
         cfg, started = self.config, time.time()
         n = len(self.examples)
         steps = math.ceil(n / cfg.batch_size)
-        order = epoch_order(self.examples, cfg.seed, epoch, cfg.batching)
+        order = epoch_order(self.examples, cfg.seed, epoch,
+                            batching_for(cfg, bool(self.encoder_variables)))
         rng = np.random.default_rng([cfg.seed, epoch, 1])
         if self.cluster is not None:  # this worker's shards; validation on the chief
             loss, accuracy, metrics = self.cluster.epoch(self, order, rng, steps)

@@ -7,7 +7,7 @@ import pytest
 
 from bert_rec.data import Behavior, Item
 from bert_rec.recommend import Recommender
-from bert_rec.training import (Trainer, epoch_order, split_for_training, train,
+from bert_rec.training import (Trainer, batching_for, epoch_order, split_for_training, train,
                                training_batch, user_items)
 from bert_rec.config import TrainConfig
 
@@ -202,6 +202,17 @@ def test_a_users_own_items_are_never_their_negatives(tiny_ckpt, data):
                      if examples[j].user_id == examples[i].user_id and c != b
                      and examples[j].target != examples[i].target]
         assert all(mask[b, np.searchsorted(cand, t)] for t in same_user)
+
+
+def test_auto_batching_groups_users_only_when_encoder_layers_train(tiny_ckpt, data):
+    items, histories = data
+    assert TrainConfig().batching == "auto"
+    rec = Recommender.load(tiny_ckpt, zero_shot=True)
+    for config, expected in ((_config(), "random"), (_config(train_layers=1), "user"),
+                             (_config(batching="user"), "user"),
+                             (_config(train_layers=1, batching="random"), "random")):
+        trainer = Trainer(rec, items, histories, config)
+        assert batching_for(config, bool(trainer.encoder_variables)) == expected
 
 
 def test_config_is_validated():
