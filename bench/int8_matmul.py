@@ -40,7 +40,8 @@ def main(argv=None):
     import tensorflow as tf  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
-    totals = {"float32": 0.0, "bfloat16": 0.0, "int8 product": 0.0, "int8 with (de)quantising": 0.0}
+    totals = {"float32": 0.0, "bfloat16": 0.0, "int8 product": 0.0,
+              "int8 with (de)quantising": 0.0}
     errors = []
     flops = 0
     for k, n in SHAPES:
@@ -50,7 +51,7 @@ def main(argv=None):
         bias = tf.zeros([n], tf.float32)
         xb, wb = tf.cast(x, tf.bfloat16), tf.cast(w, tf.bfloat16)
         # Weights: symmetric per-tensor int8. Activations: asymmetric uint8 over their range,
-        # x ≈ scale·q + low, so x·w ≈ scale·(q·w) + low·colsum(w). The kernel is run in its
+        # x ≈ scale·q + low, so x·w ≈ scale·(q·w) + low·colsum(w). The kernel runs in its
         # SCALED mode on the raw codes (its int32 result is then exactly q·q_w) and the zero
         # point is corrected here: its MIN_FIRST mode gave wrong results here.
         w_scale = float(tf.reduce_max(tf.abs(w))) / 127

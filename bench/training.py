@@ -250,7 +250,8 @@ def main(argv=None):
                 " ".join(f"{x:.4f}" for x in c["loss"]),
                 " ".join(f"{x:.4f}" for x in c["val_ndcg"]), c["seconds"]] for c in curves])
     write_result("training", {"batch_size": args.batch_size, "negatives": args.negatives,
-                              "users": args.users, "quality_users": args.quality_users, "runs": runs, "quality": curves}, summary)
+                              "users": args.users, "quality_users": args.quality_users,
+                              "runs": runs, "quality": curves}, summary)
     return 0
 
 

@@ -139,7 +139,8 @@ def prepare_data(encoder, model_config, items, examples, val_cases, id_vocab, co
         item_rows, item_texts, distinct, text_rows, text_opinion, tokens, lengths, id_rows,
         units=[user_units(ex.history, scoring, item_rows, text_rows, text_opinion)
                for ex in examples],
-        mask_rows=user_items(examples, item_rows), targets=targets, log_q=np.log(np.maximum(expected, 1e-6)).astype(np.float32))
+        mask_rows=user_items(examples, item_rows), targets=targets,
+        log_q=np.log(np.maximum(expected, 1e-6)).astype(np.float32))
 
 
 def user_items(examples, item_rows):
