@@ -204,15 +204,21 @@ def test_a_users_own_items_are_never_their_negatives(tiny_ckpt, data):
         assert all(mask[b, np.searchsorted(cand, t)] for t in same_user)
 
 
-def test_auto_batching_groups_users_only_when_encoder_layers_train(tiny_ckpt, data):
+def test_auto_batching_groups_users_only_when_encoder_layers_train(tiny_ckpt, data,
+                                                                    monkeypatch):
     items, histories = data
     assert TrainConfig().batching == "auto"
+    assert batching_for(_config(batching="user"), False) == "user"
+    assert batching_for(_config(batching="random"), True) == "random"
+    from bert_rec import training  # noqa: PLC0415
+    used = []
+    original = training.epoch_order
+    monkeypatch.setattr(training, "epoch_order", lambda examples, seed, epoch, batching: (
+        used.append(batching) or original(examples, seed, epoch, batching)))
     rec = Recommender.load(tiny_ckpt, zero_shot=True)
-    for config, expected in ((_config(), "random"), (_config(train_layers=1), "user"),
-                             (_config(batching="user"), "user"),
-                             (_config(train_layers=1, batching="random"), "random")):
-        trainer = Trainer(rec, items, histories, config)
-        assert batching_for(config, bool(trainer.encoder_variables)) == expected
+    for layers in (0, 1):  # what an epoch of the trainer orders its examples by
+        Trainer(rec, items, histories, _config(train_layers=layers))._epoch(0)  # noqa: SLF001
+    assert used == ["random", "user"]
 
 
 def test_config_is_validated():
