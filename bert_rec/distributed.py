@@ -103,8 +103,8 @@ def read_tf_config(environ=None):
 
 def shard(batch, rank, size):
     """Worker ``rank``'s part of a global batch (``training.training_batch``'s 7 arrays): its
-    contiguous slice of the users' unit rows/weights/features, target positions, history mask
-    and click negatives, the global candidate rows, and example weights [b] of 1/B (B: the
+    contiguous slice of the users' unit rows/weights/features, target positions, own-items
+    mask and click negatives, the global candidate rows, and example weights [b] of 1/B (B: the
     global batch size). An empty slice becomes the batch's first user with weight 0."""
     rows, weights, features, cand, pos, mask, click_neg = batch
     total = len(pos)

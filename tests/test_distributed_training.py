@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -210,9 +211,12 @@ def test_ray_train_launch_restarts_a_lost_worker_and_ends_as_one_process(frozen_
     single, _ = frozen_runs
     model = os.path.join(ROOT, "checkpoints", "tiny-bert-zh")
     out, log = str(tmp_path / "ray"), str(tmp_path / "ray.log")
-    env = dict(os.environ, BERT_REC_PROGRESS="0",
+    # PYTHONFAULTHANDLER: a run that does not end is stopped with SIGABRT first, so the driver
+    # and Ray's workers print where each thread was (see _stuck)
+    env = dict(os.environ, BERT_REC_PROGRESS="0", PYTHONFAULTHANDLER="1",
                BERT_REC_RAY_TRAIN_FAIL_ONCE=str(tmp_path / "failed-once"))
     env.pop("TF_CONFIG", None)
+    started = time.time()
     with open(log, "w", encoding="utf-8") as err:
         proc = subprocess.Popen(_train_cmd(model, subset, out, ["--epochs", "3",
                                                                 "--num-workers", "2"]),
@@ -220,16 +224,53 @@ def test_ray_train_launch_restarts_a_lost_worker_and_ends_as_one_process(frozen_
                                 start_new_session=True)  # Ray's own processes with it
         try:
             code = proc.wait(timeout=2 * TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = None
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+                _stuck(proc)
     text = open(log, encoding="utf-8").read()
+    assert code is not None, (f"no end after {time.time() - started:.0f} s; the run's log ends:"
+                              f"\n{text[-6000:]}\n{_ray_worker_logs(started)}")
     assert code == 0, text[-3000:]
     assert os.path.exists(tmp_path / "failed-once")  # the worker did die
     assert "a worker was lost" in text and "resuming after epoch 1" in text
     _assert_same_history(_history(out), _history(single))
     assert len(_history(out)) == 3
+
+
+def _stuck(proc):
+    """Stop a run that hangs: SIGABRT to its process group (faulthandler prints each Python
+    thread's stack to the process's stderr), then SIGKILL."""
+    for sig, wait in ((signal.SIGABRT, 10), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    # Ray's workers may have their own session: the ones of this run are stopped by name
+    subprocess.run(["pkill", "-ABRT", "-f", "ray::"], check=False)
+    time.sleep(5)
+    subprocess.run(["pkill", "-KILL", "-f", "ray::"], check=False)
+
+
+def _ray_worker_logs(since, tail=3000):
+    """The ends of the Ray worker logs written since ``since`` (what a hang left there)."""
+    parts = []
+    logs = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
+    for root, _, names in os.walk(logs):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if name.endswith((".err", ".log")) and os.path.getmtime(path) >= since and (
+                    name.startswith(("worker-", "ray-train")) or root.endswith("train")):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()[-tail:].strip()
+                if text:
+                    parts.append(f"--- {path}\n{text}")
+    return "\n".join(parts) or "(no Ray worker logs)"
 
 
 def test_ray_flags_are_checked(subset, tmp_path):
