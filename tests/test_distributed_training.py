@@ -240,21 +240,14 @@ def test_ray_train_launch_restarts_a_lost_worker_and_ends_as_one_process(frozen_
 
 
 def _stuck(proc):
-    """Stop a run that hangs: SIGABRT to its process group (faulthandler prints each Python
-    thread's stack to the process's stderr), then SIGKILL."""
-    for sig, wait in ((signal.SIGABRT, 10), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    # Ray's workers may have their own session: the ones of this run are stopped by name
-    subprocess.run(["pkill", "-ABRT", "-f", "ray::"], check=False)
+    """Stop a run that hangs and every process it started: they share its session (Ray's
+    workers each lead a process group of their own). SIGABRT first, so faulthandler prints
+    each Python thread's stack to the process's stderr, then SIGKILL."""
+    session = str(proc.pid)  # start_new_session=True: the driver leads the session
+    subprocess.run(["pkill", "-ABRT", "-s", session], check=False)
     time.sleep(5)
-    subprocess.run(["pkill", "-KILL", "-f", "ray::"], check=False)
+    subprocess.run(["pkill", "-KILL", "-s", session], check=False)
+    proc.wait(timeout=30)
 
 
 def _ray_worker_logs(since, tail=3000):
